@@ -1,0 +1,58 @@
+"""Shared fixtures: tiny data directories written by the tests themselves."""
+from __future__ import annotations
+
+import csv
+from pathlib import Path
+
+import numpy as np
+import pytest
+from PIL import Image
+
+
+def write_csv(path: Path, header, rows) -> None:
+    with open(path, "w", newline="") as f:
+        w = csv.writer(f)
+        w.writerow(header)
+        w.writerows(rows)
+
+
+def make_tiny_data(root: Path, classes=("cat", "dog"), per_class=5, n_test=3, size=(40, 30), seed=0) -> Path:
+    """A valid data directory in the default schema's layout, with small images."""
+    rng = np.random.default_rng(seed)
+    (root / "train").mkdir(parents=True)
+    (root / "test").mkdir()
+    rows = []
+    for c_i, c in enumerate(classes):
+        for i in range(per_class):
+            image_id = f"{c}_{i}"
+            arr = (rng.random((size[1], size[0], 3)) * 60 + 60 * c_i).astype(np.uint8)
+            ext = "png" if i % 2 else "jpg"
+            Image.fromarray(arr).save(root / "train" / f"{image_id}.{ext}")
+            rows.append((image_id, c))
+    write_csv(root / "train.csv", ["image_id", "label"], rows)
+    test_rows = []
+    for i in range(n_test):
+        arr = (rng.random((size[1], size[0], 3)) * 255).astype(np.uint8)
+        Image.fromarray(arr).save(root / "test" / f"t{i}.png")
+        test_rows.append((f"t{i}", classes[0]))
+    write_csv(root / "sample_submission.csv", ["image_id", "label"], test_rows)
+    return root
+
+
+@pytest.fixture
+def tiny_data(tmp_path) -> Path:
+    return make_tiny_data(tmp_path / "data")
+
+
+@pytest.fixture(scope="session")
+def demo_data(tmp_path_factory) -> Path:
+    """A small demo data set (source-like image sizes), made once per test session."""
+    from sonokit.demo import make_demo_data
+
+    return make_demo_data(tmp_path_factory.mktemp("demo") / "data", n_train=64, n_test=12, seed=1, progress=False)
+
+
+@pytest.fixture(autouse=True)
+def _isolated_cache(tmp_path, monkeypatch):
+    """Never touch the user's ~/.cache from a test."""
+    monkeypatch.setenv("SONOKIT_CACHE", str(tmp_path / "cache"))
