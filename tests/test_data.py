@@ -192,10 +192,10 @@ def test_folds_stratified_and_seeded():
 
 def test_prepare_data_writes_folds_and_uses_cache(tiny_data, tmp_path):
     cfg = load_config(overrides=[f"data.root={tiny_data}", "data.image_size=16", "data.resize_size=20", "data.folds=2", "data.num_workers=0"])
-    run = tmp_path / "run"
-    prep = prepare_data(cfg, run, progress=False)
+    prep = prepare_data(cfg, progress=False)
     assert prep.num_classes == 2 and len(prep.test_entries) == 3
-    with open(run / "folds.csv") as f:
+    write_folds(prep.folds, tmp_path / "folds.csv")
+    with open(tmp_path / "folds.csv") as f:
         rows = list(csv.DictReader(f))
     assert len(rows) == 10 and {r["fold"] for r in rows} == {"0", "1"}
     tr, va = prep.fold_datasets(0)
@@ -207,7 +207,7 @@ def test_prepare_data_writes_folds_and_uses_cache(tiny_data, tmp_path):
     from sonokit.schema import DataError
 
     with pytest.raises(DataError, match="cat_1.png: empty file"):
-        prepare_data(cfg, run, progress=False)
+        prepare_data(cfg, progress=False)
 
 
 # ----------------------------------------------------------------------------- config

@@ -36,7 +36,6 @@ class DataConfig:
     folds: int = 5
     seed: int = 42
     cache_dir: str = ""  # "" = the path resolver's default
-    batch_size: int = 32
     num_workers: int = -1  # -1 = min(cpu count, 8)
 
 
@@ -62,6 +61,7 @@ class MixConfig:
 @dataclass
 class TrainConfig:
     epochs: int = 30
+    batch_size: int = 32  # global batch (split across DDP processes)
     lr: float = 1e-3
     weight_decay: float = 1e-2
     patience: int = 5  # early stopping on validation loss
@@ -113,6 +113,7 @@ class StudentConfig:
 class RunConfig:
     name: str = "default"
     out_dir: str = ""  # "" = the path resolver's default (./runs locally, /kaggle/working on Kaggle)
+    folds: str = "all"  # which folds to train: "all" or a comma list such as "0,2"
     seed: int = 42
     device: str = "auto"  # auto, cpu, cuda, cuda:N
 

@@ -151,13 +151,23 @@ def make_demo_data(
     seed: int = 0,
     png_fraction: float = 0.3,
     progress: bool = True,
+    force: bool = False,
 ) -> Path:
     """Write a demo data set (train.csv, train/, test/, sample_submission.csv, solution.csv).
 
     ``solution.csv`` holds the test labels, so the demo can score its own submission; the
-    validator ignores it.
+    validator ignores it. An existing data set in ``out`` is an error unless ``force``, which
+    replaces it (a stale image with another extension would otherwise make ids ambiguous).
     """
     out = Path(out)
+    existing = [p for d in ("train", "test") if (out / d).is_dir() for p in (out / d).iterdir()]
+    if existing:
+        if not force:
+            raise FileExistsError(f"{out} already holds a data set; pass force=True (--force) to replace it")
+        import shutil
+
+        for d in ("train", "test"):
+            shutil.rmtree(out / d, ignore_errors=True)
     if n_train < len(CLASSES) * 2:
         raise ValueError(f"n_train must be at least {len(CLASSES) * 2} (2 images per class)")
     if n_test < 1:

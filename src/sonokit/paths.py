@@ -79,12 +79,13 @@ def find_kaggle_input(slug: str, kind: str = "", owner: str = "", marker: str = 
             return cand
     root = kaggle_root() / "input"
     if marker and root.is_dir():
-        hits = sorted(root.rglob(marker))
-        for hit in hits:
-            if slug in hit.parts:
-                return hit.parent
-        if len(hits) == 1:
-            return hits[0].parent
+        depth = len(Path(marker).parts)
+        bases = [hit.parents[depth - 1] for hit in sorted(root.rglob(marker))]
+        for base in bases:
+            if base.name == slug:
+                return base
+        if len(bases) == 1:
+            return bases[0]
     raise FileNotFoundError(
         f"Kaggle input '{slug}' not found under {root} (looked in: "
         + ", ".join(str(c) for c in kaggle_input_candidates(slug, kind, owner))

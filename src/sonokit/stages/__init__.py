@@ -1,0 +1,6 @@
+"""Pipeline stages: each is ``run_<stage>(ctx) -> summary``, called by train_local.py, the sweep
+and the generated Kaggle notebooks alike."""
+from .common import Context, make_context
+from .teacher import run_teacher
+
+__all__ = ["Context", "make_context", "run_teacher"]

@@ -1,0 +1,139 @@
+"""What every stage shares: the run context, fold loaders, out-of-fold results and CV summaries."""
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import torch
+
+from .. import distributed as dist_utils
+from ..config import Config, TrainConfig, save_config
+from ..constants import FOLDS_FILENAME
+from ..data import PreparedData, create_loader, prepare_data, write_folds
+from ..io import atomic_path, atomic_write_json
+from ..paths import run_dir as resolve_run_dir
+
+_logger = logging.getLogger("sonokit")
+
+
+@dataclass
+class Context:
+    cfg: Config
+    run_dir: Path
+    prep: PreparedData
+    device: torch.device
+    env: dist_utils.DistEnv
+    resume: bool = False
+
+    @property
+    def main(self) -> bool:
+        return self.env.is_main
+
+    def folds(self) -> list[int]:
+        n = self.cfg.data.folds
+        spec = self.cfg.run.folds.strip()
+        if spec in ("", "all"):
+            return list(range(n))
+        try:
+            folds = sorted({int(f) for f in spec.split(",")})
+        except ValueError:
+            raise ValueError(f"run.folds must be 'all' or a comma list of fold numbers, not {spec!r}") from None
+        bad = [f for f in folds if not 0 <= f < n]
+        if bad:
+            raise ValueError(f"run.folds {bad} out of range 0..{n - 1}")
+        return folds
+
+    def loaders(self, fold: int, train_cfg: TrainConfig):
+        """(train, validation) loaders of ``fold``, normalised on the context's device."""
+        world = self.env.world_size
+        if train_cfg.batch_size % world:
+            raise ValueError(f"train.batch_size {train_cfg.batch_size} is not divisible by {world} processes")
+        per_rank = train_cfg.batch_size // world
+        seed = self.cfg.run.seed + fold
+        train_ds, val_ds = self.prep.fold_datasets(fold, seed=seed)
+        kw = dict(device=self.device, mean=self.prep.mean, std=self.prep.std, num_workers=self.cfg.data.num_workers, distributed=self.env.enabled)
+        return (
+            create_loader(train_ds, per_rank, True, seed=seed, **kw),
+            create_loader(val_ds, per_rank, False, seed=seed, **kw),
+        )
+
+
+def make_context(cfg: Config, resume: bool = False, progress: bool = True) -> Context:
+    """Resolve device and DDP, the run directory (config saved there), and the validated data."""
+    env = dist_utils.env_from_vars()
+    device = dist_utils.resolve_device(cfg.run.device, env.local_rank)
+    if device.type == "cuda":
+        torch.cuda.set_device(device)
+    env = dist_utils.init_distributed(device)
+    run_dir = resolve_run_dir(cfg.run.name, cfg.run.out_dir)
+    if env.is_main:
+        prep = prepare_data(cfg, progress=progress)  # validates first: nothing is written for bad data
+        run_dir.mkdir(parents=True, exist_ok=True)
+        save_config(cfg, run_dir)
+        write_folds(prep.folds, run_dir / FOLDS_FILENAME)
+        dist_utils.barrier()
+    else:
+        dist_utils.barrier()  # rank 0 has built the cache; the others only read it
+        prep = prepare_data(cfg, progress=False)
+    return Context(cfg, run_dir, prep, device, env, resume)
+
+
+def softmax(logits: np.ndarray) -> np.ndarray:
+    z = logits - logits.max(axis=1, keepdims=True)
+    e = np.exp(z)
+    return e / e.sum(axis=1, keepdims=True)
+
+
+def write_oof(stage_dir: Path, prep: PreparedData, oof_logits: np.ndarray, done: np.ndarray) -> pd.DataFrame:
+    """Out-of-fold predictions of the folds run so far: id, label, fold, pred, one prob per class."""
+    probs = softmax(oof_logits[done])
+    idx = np.nonzero(done)[0]
+    df = pd.DataFrame(
+        {
+            "image_id": [prep.index.train_ids[i] for i in idx],
+            "label": [prep.index.train_labels[i] for i in idx],
+            "fold": prep.folds["fold"].to_numpy()[idx],
+            "pred": [prep.classes[j] for j in probs.argmax(1)],
+        }
+    )
+    for j, c in enumerate(prep.classes):
+        df[f"prob_{c}"] = probs[:, j]
+    with atomic_path(stage_dir / "oof.csv") as tmp:
+        df.to_csv(tmp, index=False)
+    with atomic_path(stage_dir / "oof_logits.npy") as tmp:
+        with open(tmp, "wb") as f:
+            np.save(f, oof_logits)
+    return df
+
+
+def cv_summary(stage_dir: Path, prep: PreparedData, fold_rows: list[dict], oof_logits: np.ndarray, done: np.ndarray) -> dict:
+    """Per-fold and overall (out-of-fold) loss and accuracy, written to cv.json."""
+    y = prep.index.train_targets[done]
+    logits = oof_logits[done]
+    logp = logits - logits.max(1, keepdims=True)
+    logp = logp - np.log(np.exp(logp).sum(1, keepdims=True))
+    overall = {
+        "loss": float(-logp[np.arange(len(y)), y].mean()) if len(y) else float("nan"),
+        "acc": float((logits.argmax(1) == y).mean()) if len(y) else float("nan"),
+        "n_images": int(len(y)),
+    }
+    summary = {"folds": fold_rows, "overall": overall, "classes": prep.classes}
+    atomic_write_json(stage_dir / "cv.json", summary)
+    return summary
+
+
+def model_meta(name: str, in_chans: int, prep: PreparedData, cfg: Config, **extra) -> dict:
+    """What is needed to rebuild a checkpoint's model (saved inside best.pt)."""
+    return {
+        "model": name,
+        "in_chans": in_chans,
+        "num_classes": prep.num_classes,
+        "classes": list(prep.classes),
+        "image_size": cfg.data.image_size,
+        "mean": list(prep.mean),
+        "std": list(prep.std),
+        **extra,
+    }
