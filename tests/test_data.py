@@ -19,6 +19,7 @@ from sonokit.data import (
     prepare_data,
     set_epoch,
     train_transform,
+    write_folds,
 )
 from sonokit.demo import CLASSES, HEIGHT_RANGE, WIDTH_RANGE, make_demo_data
 from sonokit.schema import load_schema, validate
