@@ -18,7 +18,7 @@ import sys
 
 from sonokit.cli import add_config_args, config_from_args, run_main, setup_logging
 
-STAGES = ("teacher",)
+STAGES = ("teacher", "student")
 
 
 def parse(argv=None):
@@ -27,6 +27,7 @@ def parse(argv=None):
     ap.add_argument("--gpus", type=int, default=-1, help="0 = CPU, 1 = one GPU, N > 1 = N DDP processes (default: 1 if CUDA is available, else 0)")
     ap.add_argument("--resume", action="store_true", help="continue every stage from its last checkpoint")
     ap.add_argument("--folds", default="", help="train only these folds, e.g. 0,1 (default: all)")
+    ap.add_argument("--kd", choices=("on", "off"), default="", help="student: distil from the teacher (on, default) or train alone (off)")
     ap.add_argument("-v", "--verbose", action="store_true")
     add_config_args(ap)
     return ap, ap.parse_args(argv)
@@ -51,19 +52,20 @@ def main(argv=None) -> int:
     extra = [f"run.device={'cpu' if gpus == 0 else 'auto'}"]
     if a.folds:
         extra.append(f"run.folds={a.folds}")
+    if a.kd:
+        extra.append(f"student.kd.enabled={'true' if a.kd == 'on' else 'false'}")
 
     def go() -> int:
         setup_logging(a.verbose)
         cfg = config_from_args(a, extra)
-        from sonokit.stages import make_context, run_teacher
+        from sonokit import stages as st
 
-        ctx = make_context(cfg, resume=a.resume)
-        ordered = [s for s in STAGES if s in stages]
-        for stage in ordered:
-            if stage == "teacher":
-                s = run_teacher(ctx)
-                if ctx.main:
-                    print(f"teacher: CV loss {s['overall']['loss']:.4f}, acc {s['overall']['acc']:.4f} -> {ctx.run_dir / 'teacher'}")
+        ctx = st.make_context(cfg, resume=a.resume)
+        runners = {"teacher": st.run_teacher, "student": st.run_student}
+        for stage in [s for s in STAGES if s in stages]:
+            s = runners[stage](ctx)
+            if ctx.main:
+                print(f"{stage}: CV loss {s['overall']['loss']:.4f}, acc {s['overall']['acc']:.4f} -> {ctx.run_dir / stage}")
         return 0
 
     return run_main(go)

@@ -1,6 +1,7 @@
 """Pipeline stages: each is ``run_<stage>(ctx) -> summary``, called by train_local.py, the sweep
 and the generated Kaggle notebooks alike."""
 from .common import Context, make_context
+from .student import run_student
 from .teacher import run_teacher
 
-__all__ = ["Context", "make_context", "run_teacher"]
+__all__ = ["Context", "make_context", "run_student", "run_teacher"]

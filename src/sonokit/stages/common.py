@@ -81,6 +81,20 @@ def make_context(cfg: Config, resume: bool = False, progress: bool = True) -> Co
     return Context(cfg, run_dir, prep, device, env, resume)
 
 
+def load_checkpoint_model(path: Path, device: torch.device | str = "cpu"):
+    """Rebuild the model of a best.pt from its meta and load its weights; returns (model, meta)."""
+    from ..engine import load_best
+    from ..models import create_model
+
+    if not Path(path).is_file():
+        raise FileNotFoundError(f"checkpoint not found: {path}")
+    ck = load_best(path)
+    meta = ck["meta"]
+    model = create_model(meta["model"], meta["num_classes"], meta["in_chans"])
+    model.load_state_dict(ck["model"])
+    return model.to(device).eval(), meta
+
+
 def softmax(logits: np.ndarray) -> np.ndarray:
     z = logits - logits.max(axis=1, keepdims=True)
     e = np.exp(z)
@@ -109,7 +123,7 @@ def write_oof(stage_dir: Path, prep: PreparedData, oof_logits: np.ndarray, done:
     return df
 
 
-def cv_summary(stage_dir: Path, prep: PreparedData, fold_rows: list[dict], oof_logits: np.ndarray, done: np.ndarray) -> dict:
+def cv_summary(stage_dir: Path, prep: PreparedData, fold_rows: list[dict], oof_logits: np.ndarray, done: np.ndarray, **extra) -> dict:
     """Per-fold and overall (out-of-fold) loss and accuracy, written to cv.json."""
     y = prep.index.train_targets[done]
     logits = oof_logits[done]
@@ -120,13 +134,24 @@ def cv_summary(stage_dir: Path, prep: PreparedData, fold_rows: list[dict], oof_l
         "acc": float((logits.argmax(1) == y).mean()) if len(y) else float("nan"),
         "n_images": int(len(y)),
     }
-    summary = {"folds": fold_rows, "overall": overall, "classes": prep.classes}
+    summary = {"folds": fold_rows, "overall": overall, "classes": prep.classes, **extra}
     atomic_write_json(stage_dir / "cv.json", summary)
     return summary
 
 
-def model_meta(name: str, in_chans: int, prep: PreparedData, cfg: Config, **extra) -> dict:
+def fold_fingerprint(prep: PreparedData, fold: int) -> str:
+    """sha256 of the fold's training ids: a later stage checks it to prove nothing leaks."""
+    import hashlib
+
+    tr, _ = prep.fold_indices(fold)
+    ids = sorted(prep.index.train_ids[i] for i in tr)
+    return hashlib.sha256("\n".join(ids).encode()).hexdigest()
+
+
+def model_meta(name: str, in_chans: int, prep: PreparedData, cfg: Config, fold: int | None = None, **extra) -> dict:
     """What is needed to rebuild a checkpoint's model (saved inside best.pt)."""
+    if fold is not None:
+        extra.update(fold=fold, train_ids_sha256=fold_fingerprint(prep, fold))
     return {
         "model": name,
         "in_chans": in_chans,

@@ -35,7 +35,7 @@ def run_teacher(ctx: Context) -> dict:
         model = build_teacher(ctx, fold)
         task = ClassificationTask(model, criterion=nn.CrossEntropyLoss(), device=ctx.device, verbose=False)
         train_loader, val_loader = ctx.loaders(fold, cfg.teacher.train)
-        meta = model_meta(cfg.teacher.model.name, cfg.teacher.model.in_chans, ctx.prep, cfg, stage="teacher", fold=fold)
+        meta = model_meta(cfg.teacher.model.name, cfg.teacher.model.in_chans, ctx.prep, cfg, fold=fold, stage="teacher")
         res = fit(
             task, train_loader, val_loader, cfg.teacher.train, stage_dir / f"fold{fold}", ctx.device,
             seed=cfg.run.seed + fold, resume=ctx.resume, meta=meta, desc=f"teacher fold {fold}",
