@@ -18,7 +18,7 @@ import sys
 
 from sonokit.cli import add_config_args, config_from_args, run_main, setup_logging
 
-STAGES = ("teacher", "student")
+STAGES = ("teacher", "student", "infer", "flops")
 
 
 def parse(argv=None):
@@ -31,6 +31,17 @@ def parse(argv=None):
     ap.add_argument("-v", "--verbose", action="store_true")
     add_config_args(ap)
     return ap, ap.parse_args(argv)
+
+
+def stage_line(stage: str, s: dict, run_dir) -> str:
+    if "overall" in s:
+        return f"{stage}: CV loss {s['overall']['loss']:.4f}, acc {s['overall']['acc']:.4f} -> {run_dir / stage}"
+    if stage == "infer":
+        extra = f", demo test accuracy {s['test_acc_on_solution_csv']:.4f}" if "test_acc_on_solution_csv" in s else ""
+        return f"infer: {len(s['members'])} member(s) x {len(s['tta_views'])} view(s) -> {s['submission']}{extra}"
+    if stage == "flops":
+        return "flops: " + "\n       ".join(s["lines"][:4]) + f"\n       -> {run_dir / 'flops.json'}"
+    return f"{stage}: done"
 
 
 def main(argv=None) -> int:
@@ -61,11 +72,11 @@ def main(argv=None) -> int:
         from sonokit import stages as st
 
         ctx = st.make_context(cfg, resume=a.resume)
-        runners = {"teacher": st.run_teacher, "student": st.run_student}
+        runners = {"teacher": st.run_teacher, "student": st.run_student, "infer": st.run_infer, "flops": st.run_flops}
         for stage in [s for s in STAGES if s in stages]:
             s = runners[stage](ctx)
             if ctx.main:
-                print(f"{stage}: CV loss {s['overall']['loss']:.4f}, acc {s['overall']['acc']:.4f} -> {ctx.run_dir / stage}")
+                print(stage_line(stage, s, ctx.run_dir))
         return 0
 
     return run_main(go)

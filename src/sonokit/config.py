@@ -110,10 +110,20 @@ class StudentConfig:
 
 
 @dataclass
+class InferConfig:
+    stage: str = "student"  # whose fold checkpoints are the members: student, hrank or teacher
+    checkpoints: str = ""  # more members: comma list of best.pt paths or globs (other runs, models)
+    weights: str = ""  # soft-voting weights, comma list, one per member ("" = equal)
+    tta: str = "orig,fancypca"  # views: orig, fancypca (p=1, as in the source), hflip, vflip
+    batch_size: int = 64
+
+
+@dataclass
 class RunConfig:
     name: str = "default"
     out_dir: str = ""  # "" = the path resolver's default (./runs locally, /kaggle/working on Kaggle)
     folds: str = "all"  # which folds to train: "all" or a comma list such as "0,2"
+    competition: str = ""  # Kaggle competition slug (submissions, kernels)
     seed: int = 42
     device: str = "auto"  # auto, cpu, cuda, cuda:N
 
@@ -125,6 +135,7 @@ class Config:
     aug: AugConfig = field(default_factory=AugConfig)
     teacher: TeacherConfig = field(default_factory=TeacherConfig)
     student: StudentConfig = field(default_factory=StudentConfig)
+    infer: InferConfig = field(default_factory=InferConfig)
 
 
 # ---------------------------------------------------------------------------------------

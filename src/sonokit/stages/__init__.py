@@ -1,7 +1,9 @@
 """Pipeline stages: each is ``run_<stage>(ctx) -> summary``, called by train_local.py, the sweep
 and the generated Kaggle notebooks alike."""
 from .common import Context, make_context
+from .flops_stage import run_flops
+from .infer import run_infer
 from .student import run_student
 from .teacher import run_teacher
 
-__all__ = ["Context", "make_context", "run_student", "run_teacher"]
+__all__ = ["Context", "make_context", "run_flops", "run_infer", "run_student", "run_teacher"]

@@ -1,0 +1,249 @@
+"""Inference (TTA, soft voting), submission validation, packaging and the real kaggle CLI."""
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from datetime import datetime, timezone
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pytest
+import torch
+import torch.nn as nn
+from kaggle_fake import FakeKaggle, cli_env
+
+from sonokit.config import load_config, save_config
+from sonokit.models import create_model
+from sonokit.schema import load_schema
+from sonokit.stages.common import make_context
+from sonokit.stages.infer import predict_views, soft_vote
+from sonokit.submission import (
+    SubmissionError,
+    build_submission,
+    copy_no_overwrite,
+    package,
+    require_valid_submission,
+    sha256_file,
+)
+
+ROOT = Path(__file__).resolve().parents[1]
+PACKAGE = ROOT / "scripts" / "package_submission.py"
+TRAIN = ROOT / "scripts" / "train_local.py"
+
+
+def tiny_cfg(data, tmp_path, *more):
+    return load_config(overrides=[f"data.root={data}", f"run.out_dir={tmp_path / 'runs'}", "run.name=r", "data.folds=2",
+                                  "data.image_size=16", "data.resize_size=20", "data.num_workers=0", "run.device=cpu", *more])
+
+
+class Constant(nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.logits = nn.Parameter(torch.tensor([1.0, -2.0]))
+
+    def forward(self, x):
+        return self.logits.expand(x.shape[0], 2)
+
+
+def test_tta_leaves_an_input_blind_model_unchanged(tiny_data, tmp_path):
+    ctx = make_context(tiny_cfg(tiny_data, tmp_path), progress=False)
+    meta = {"image_size": 16, "mean": list(ctx.prep.mean), "std": list(ctx.prep.std)}
+    one = predict_views(Constant(), meta, ctx, ["orig"])
+    many = predict_views(Constant(), meta, ctx, ["orig", "fancypca", "hflip", "vflip"])
+    expected = torch.softmax(torch.tensor([1.0, -2.0]), 0).numpy()
+    np.testing.assert_allclose(one, np.tile(expected, (3, 1)), rtol=1e-6)
+    np.testing.assert_allclose(many, one, rtol=1e-6)
+
+
+def test_tta_views_really_differ(tiny_data, tmp_path):
+    ctx = make_context(tiny_cfg(tiny_data, tmp_path), progress=False)
+    torch.manual_seed(0)
+    model = create_model("test_efficientnet", 2, 3).eval()
+    meta = {"image_size": 16, "mean": list(ctx.prep.mean), "std": list(ctx.prep.std)}
+    a, b = predict_views(model, meta, ctx, ["orig"]), predict_views(model, meta, ctx, ["hflip"])
+    assert not np.allclose(a, b)
+    np.testing.assert_allclose(predict_views(model, meta, ctx, ["orig", "hflip"]), (a + b) / 2, rtol=1e-5)
+    with pytest.raises(ValueError, match="unknown TTA view 'rot90'"):
+        predict_views(model, meta, ctx, ["rot90"])
+
+
+def test_soft_vote_arithmetic():
+    p1 = np.array([[0.9, 0.1], [0.2, 0.8]])
+    p2 = np.array([[0.3, 0.7], [0.4, 0.6]])
+    np.testing.assert_allclose(soft_vote([p1, p2]), [[0.6, 0.4], [0.3, 0.7]])
+    np.testing.assert_allclose(soft_vote([p1, p2], [3, 1]), [[0.75, 0.25], [0.25, 0.75]])
+    np.testing.assert_allclose(soft_vote([p1]), p1)
+    for bad in ([1], [-1, 2], [0, 0]):
+        with pytest.raises(ValueError):
+            soft_vote([p1, p2], bad)
+
+
+# ----------------------------------------------------------------------------- validation
+def write(path, header, rows):
+    pd.DataFrame(rows, columns=header).to_csv(path, index=False)
+    return path
+
+
+@pytest.fixture
+def sample(tmp_path):
+    return write(tmp_path / "sample.csv", ["image_id", "label"], [("a", "cat"), ("b", "cat"), ("c", "cat")])
+
+
+CASES = {
+    "header": (["image_id", "class"], [("a", "cat"), ("b", "dog"), ("c", "cat")], "header ['image_id', 'class'] differs"),
+    "nan": (["image_id", "label"], [("a", "cat"), ("b", None), ("c", "cat")], "1 row(s) with empty/NaN values (e.g. ['b'])"),
+    "missing": (["image_id", "label"], [("a", "cat"), ("b", "dog")], "1 id(s) of sample_submission missing (e.g. ['c'])"),
+    "extra": (["image_id", "label"], [("a", "cat"), ("b", "dog"), ("c", "cat"), ("z", "cat")], "1 id(s) not in sample_submission (e.g. ['z'])"),
+    "order": (["image_id", "label"], [("b", "cat"), ("a", "dog"), ("c", "cat")], "ids are not in sample_submission's order"),
+    "dupes": (["image_id", "label"], [("a", "cat"), ("a", "dog"), ("b", "cat"), ("c", "cat")], "duplicate ids: ['a']"),
+    "label": (["image_id", "label"], [("a", "cat"), ("b", "bird"), ("c", "cat")], "label(s) not in the class list: ['bird']"),
+}
+
+
+@pytest.mark.parametrize("case", sorted(CASES))
+def test_every_validation_failure(tmp_path, sample, case):
+    header, rows, message = CASES[case]
+    sub = write(tmp_path / "sub.csv", header, rows)
+    with pytest.raises(SubmissionError) as e:
+        require_valid_submission(sub, sample, ["cat", "dog"], load_schema())
+    assert any(message in p for p in e.value.problems), e.value.problems
+
+
+def test_valid_submission_and_index_labels(tmp_path, sample):
+    schema = load_schema()
+    probs = np.array([[0.9, 0.1], [0.2, 0.8], [0.6, 0.4]])
+    df = build_submission(["a", "b", "c"], probs, ["cat", "dog"], schema)
+    df.to_csv(tmp_path / "sub.csv", index=False)
+    require_valid_submission(tmp_path / "sub.csv", sample, ["cat", "dog"], schema)
+    assert df["label"].tolist() == ["cat", "dog", "cat"]
+    schema.submission_label = "index"
+    df = build_submission(["a", "b", "c"], probs, ["cat", "dog"], schema)
+    assert df["label"].tolist() == [0, 1, 0]
+    df.to_csv(tmp_path / "sub2.csv", index=False)
+    write(tmp_path / "sample2.csv", ["image_id", "label"], [("a", 0), ("b", 0), ("c", 0)])
+    require_valid_submission(tmp_path / "sub2.csv", tmp_path / "sample2.csv", ["cat", "dog"], schema)
+
+
+def test_never_overwrite(tmp_path):
+    csv = write(tmp_path / "s.csv", ["image_id", "label"], [("a", "cat")])
+    out = tmp_path / "subs"
+    now = datetime(2026, 11, 28, 12, 0, 0, tzinfo=timezone.utc)
+    d1, m1 = package(csv, "run", {"x": 1}, out, now=now)
+    before = d1.read_bytes()
+    csv.write_text("image_id,label\na,dog\n")
+    d2, m2 = package(csv, "run", {"x": 2}, out, now=now)
+    assert d1.name == "20261128T120000Z_run.csv" and d2.name == "20261128T120000Z_run-2.csv"
+    assert d1.read_bytes() == before and d2.read_text().endswith("a,dog\n")
+    assert json.loads(m1.read_text())["x"] == 1 and json.loads(m2.read_text())["csv_sha256"] == sha256_file(d2)
+    with pytest.raises(FileExistsError):
+        copy_no_overwrite(csv, d1)
+    assert d1.read_bytes() == before
+
+
+# ----------------------------------------------------------------------------- packaging + kaggle CLI
+@pytest.fixture
+def run_dir(tiny_data, tmp_path):
+    """A run directory as the infer stage leaves it (one member checkpoint, a valid submission)."""
+    cfg = tiny_cfg(tiny_data, tmp_path, "run.competition=fake-comp")
+    run = tmp_path / "runs" / "r"
+    (run / "infer").mkdir(parents=True)
+    (run / "student").mkdir()
+    save_config(cfg, run)
+    model = create_model("nf_regnet_b1", 2, 1)
+    ck = run / "student" / "fold0" / "best.pt"
+    ck.parent.mkdir()
+    torch.save({"model": model.state_dict(), "meta": {"model": "nf_regnet_b1", "num_classes": 2, "in_chans": 1, "image_size": 256,
+                                                     "classes": ["cat", "dog"]}}, ck)
+    (run / "student" / "cv.json").write_text(json.dumps({"overall": {"loss": 0.5, "acc": 0.75, "n_images": 10}}))
+    members = {"members": [{"path": str(ck), "sha256": sha256_file(ck), "model": "nf_regnet_b1"}], "tta_views": ["orig", "fancypca"],
+               "weights": None}
+    (run / "infer" / "members.json").write_text(json.dumps(members))
+    write(run / "submission.csv", ["image_id", "label"], [("t0", "cat"), ("t1", "dog"), ("t2", "cat")])
+    return run
+
+
+def package_cli(run, out, *args, env=None):
+    return subprocess.run([sys.executable, str(PACKAGE), str(run), "--out", str(out), *args], capture_output=True, text=True,
+                          timeout=300, env=env)
+
+
+def test_package_manifest_and_command(run_dir, tmp_path):
+    out = tmp_path / "subs"
+    r = package_cli(run_dir, out, "--message", "first try")
+    assert r.returncode == 0, r.stderr
+    assert "kaggle competitions submit -c fake-comp -f" in r.stdout and "-m 'first try'" in r.stdout
+    csvs = sorted(out.glob("*.csv"))
+    assert len(csvs) == 1 and csvs[0].name.endswith("_r.csv")
+    man = json.loads(csvs[0].with_suffix(".json").read_text())
+    assert man["cv"]["student"]["acc"] == 0.75 and man["tta_views"] == ["orig", "fancypca"]
+    assert man["flops"]["competition_gflops"] > 0 and man["flops"]["true_gflops"] > 1.0
+    assert man["flops"]["pipeline_gflops"] == pytest.approx(man["flops"]["true_gflops"] * 2)
+    assert man["members"][0]["sha256"] == sha256_file(man["members"][0]["path"])
+    assert man["csv_sha256"] == sha256_file(csvs[0]) and len(man["config_hash"]) == 16 and man["git_commit"]
+    r = package_cli(run_dir, out)
+    assert r.returncode == 0 and len(list(out.glob("*.csv"))) == 2  # a second package, the first untouched
+
+
+def test_package_refuses_invalid_submission(run_dir, tmp_path):
+    write(run_dir / "submission.csv", ["image_id", "label"], [("t0", "cat"), ("t1", "bird")])
+    r = package_cli(run_dir, tmp_path / "subs")
+    assert r.returncode == 2
+    assert "1 id(s) of sample_submission missing (e.g. ['t2'])" in r.stderr and "label(s) not in the class list: ['bird']" in r.stderr
+    assert not (tmp_path / "subs").exists()
+
+
+def test_package_refuses_changed_member(run_dir, tmp_path):
+    ck = run_dir / "student" / "fold0" / "best.pt"
+    ck.write_bytes(ck.read_bytes() + b"x")
+    r = package_cli(run_dir, tmp_path / "subs")
+    assert r.returncode == 2 and "changed since it predicted this submission" in r.stderr
+
+
+@pytest.mark.parametrize(
+    "mode,credentials,rc,text",
+    [
+        ("ok", True, 0, "Successfully submitted to fake-comp"),
+        ("http400", True, 1, "You must accept this competition's rules"),
+        ("error_exit0", True, 1, "exit 0, but it printed an error"),
+        ("ok", False, 1, "no Kaggle credentials"),
+    ],
+)
+def test_submit_with_the_real_kaggle_cli(run_dir, tmp_path, mode, credentials, rc, text):
+    out = tmp_path / "subs"
+    with FakeKaggle(mode) as fk:
+        env = cli_env(tmp_path, fk.endpoint, credentials=credentials)
+        r = package_cli(run_dir, out, "--submit", "-m", "via fake", env=env)
+    assert r.returncode == rc, r.stdout + r.stderr
+    assert text in r.stdout + r.stderr
+    csv = next(out.glob("*.csv"))
+    if mode == "ok" and credentials:
+        start = fk.calls("StartSubmissionUpload")[0]
+        assert start["competitionName"] == "fake-comp" and start["fileName"] == csv.name
+        assert fk.uploads["/upload/tok-1"] == csv.read_bytes()
+        assert fk.calls("CreateSubmission")[0]["submissionDescription"] == "via fake"
+        man = json.loads(csv.with_suffix(".json").read_text())
+        assert "Submission ref: 4242" in man["submitted"]["cli_output"]
+    if mode == "error_exit0":
+        assert "Submission error: file could not be parsed" in r.stderr
+
+
+@pytest.mark.slow
+def test_infer_stage_end_to_end(demo_data, tmp_path):
+    args = ["--data", str(demo_data), "--gpus", "0", "--name", "e", "--set", f"run.out_dir={tmp_path}", "--set", "data.image_size=32",
+            "--set", "data.resize_size=40", "--set", "data.folds=2", "--set", "data.num_workers=0", "--set", "student.train.epochs=1",
+            "--set", "student.train.batch_size=8", "--kd", "off"]
+    r = subprocess.run([sys.executable, str(TRAIN), "--stages", "student,infer,flops", *args], capture_output=True, text=True, timeout=900)
+    assert r.returncode == 0, r.stderr[-3000:]
+    run = tmp_path / "e"
+    sub = pd.read_csv(run / "submission.csv")
+    sample = pd.read_csv(demo_data / "sample_submission.csv")
+    assert list(sub.columns) == list(sample.columns) and sub["image_id"].tolist() == sample["image_id"].tolist()
+    probs = pd.read_csv(run / "infer" / "probs.csv")
+    assert probs.shape == (12, 9) and np.allclose(probs.iloc[:, 1:].sum(1), 1, atol=1e-5)
+    members = json.loads((run / "infer" / "members.json").read_text())
+    assert len(members["members"]) == 2 and members["tta_views"] == ["orig", "fancypca"]
+    assert 0 <= members["test_acc_on_solution_csv"] <= 1
+    flops = json.loads((run / "flops.json").read_text())
+    assert flops["competition_gflops"] > 0 and flops["pipeline_gflops"] == pytest.approx(flops["true_gflops"] * 4)
