@@ -18,7 +18,7 @@ import sys
 
 from sonokit.cli import add_config_args, config_from_args, run_main, setup_logging
 
-STAGES = ("teacher", "student", "infer", "flops")
+STAGES = ("teacher", "student", "hrank", "infer", "flops")
 
 
 def parse(argv=None):
@@ -28,12 +28,25 @@ def parse(argv=None):
     ap.add_argument("--resume", action="store_true", help="continue every stage from its last checkpoint")
     ap.add_argument("--folds", default="", help="train only these folds, e.g. 0,1 (default: all)")
     ap.add_argument("--kd", choices=("on", "off"), default="", help="student: distil from the teacher (on, default) or train alone (off)")
+    ap.add_argument("--hrank-mode", choices=("reinit", "prune"), default="", help="hrank: re-initialise (the source) or prune the lowest-rank filters")
+    ap.add_argument("--hrank-ratio", type=float, default=0.0, help="hrank: fraction of filters (default 0.125)")
     ap.add_argument("-v", "--verbose", action="store_true")
     add_config_args(ap)
     return ap, ap.parse_args(argv)
 
 
 def stage_line(stage: str, s: dict, run_dir) -> str:
+    if stage == "hrank":
+        lines = [f"hrank ({s['mode']}, ratio {s['ratio']}): CV loss {s['overall']['loss']:.4f}, acc {s['overall']['acc']:.4f} -> {run_dir / stage}"]
+        for r in s["reports"]:
+            line = f"  fold {r['fold']}: acc {r['before']['val_acc']:.4f} before -> {r['after']['val_acc']:.4f} after fine-tuning"
+            if "cost_after" in r:
+                b, a = r["cost_before"], r["cost_after"]
+                line += (f"; true GFLOPs {b['true_gflops']:.4f} -> {a['true_gflops']:.4f}, thop {b['competition_gflops']:.7f} -> "
+                         f"{a['competition_gflops']:.7f}, params {b['params'] / 1e6:.2f}M -> {a['params'] / 1e6:.2f}M, "
+                         f"latency {b['latency_ms_batch1_cpu']:.1f} -> {a['latency_ms_batch1_cpu']:.1f} ms")
+            lines.append(line)
+        return "\n".join(lines)
     if "overall" in s:
         return f"{stage}: CV loss {s['overall']['loss']:.4f}, acc {s['overall']['acc']:.4f} -> {run_dir / stage}"
     if stage == "infer":
@@ -65,6 +78,10 @@ def main(argv=None) -> int:
         extra.append(f"run.folds={a.folds}")
     if a.kd:
         extra.append(f"student.kd.enabled={'true' if a.kd == 'on' else 'false'}")
+    if a.hrank_mode:
+        extra.append(f"hrank.mode={a.hrank_mode}")
+    if a.hrank_ratio:
+        extra.append(f"hrank.ratio={a.hrank_ratio}")
 
     def go() -> int:
         setup_logging(a.verbose)
@@ -72,7 +89,8 @@ def main(argv=None) -> int:
         from sonokit import stages as st
 
         ctx = st.make_context(cfg, resume=a.resume)
-        runners = {"teacher": st.run_teacher, "student": st.run_student, "infer": st.run_infer, "flops": st.run_flops}
+        runners = {"teacher": st.run_teacher, "student": st.run_student, "hrank": st.run_hrank, "infer": st.run_infer,
+                   "flops": st.run_flops}
         for stage in [s for s in STAGES if s in stages]:
             s = runners[stage](ctx)
             if ctx.main:

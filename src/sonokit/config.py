@@ -109,6 +109,20 @@ class StudentConfig:
     mix: MixConfig = field(default_factory=MixConfig)
 
 
+def _hrank_train() -> TrainConfig:
+    return TrainConfig(epochs=10, lr=3e-4)
+
+
+@dataclass
+class HRankConfig:
+    mode: str = "reinit"  # reinit (the source: fresh weights for low-rank filters) or prune (remove them)
+    ratio: float = 0.125  # fraction of filters re-initialised / pruned
+    layer: str = "stages.2.-1.conv3"  # reinit: the conv whose filters are ranked (dotted path, -1 = last)
+    prune_stages: str = "0,1,2,3"  # prune: rank and prune the convs of these stages
+    rank_batches: int = 4  # batches of the training fold used to compute the ranks
+    train: TrainConfig = field(default_factory=_hrank_train)  # fine-tuning (the student's KD task)
+
+
 @dataclass
 class InferConfig:
     stage: str = "student"  # whose fold checkpoints are the members: student, hrank or teacher
@@ -135,6 +149,7 @@ class Config:
     aug: AugConfig = field(default_factory=AugConfig)
     teacher: TeacherConfig = field(default_factory=TeacherConfig)
     student: StudentConfig = field(default_factory=StudentConfig)
+    hrank: HRankConfig = field(default_factory=HRankConfig)
     infer: InferConfig = field(default_factory=InferConfig)
 
 

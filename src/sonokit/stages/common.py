@@ -12,7 +12,7 @@ import torch
 from .. import distributed as dist_utils
 from ..config import Config, TrainConfig, save_config
 from ..constants import FOLDS_FILENAME
-from ..data import PreparedData, create_loader, prepare_data, write_folds
+from ..data import ImageDataset, PreparedData, create_loader, prepare_data, write_folds
 from ..io import atomic_path, atomic_write_json
 from ..paths import run_dir as resolve_run_dir
 
@@ -45,6 +45,13 @@ class Context:
         if bad:
             raise ValueError(f"run.folds {bad} out of range 0..{n - 1}")
         return folds
+
+    def rank_loader(self, fold: int, batch_size: int):
+        """The fold's *training* images, without augmentation (HRank's rank statistics)."""
+        tr, _ = self.prep.fold_indices(fold)
+        ds = ImageDataset([self.prep.train_eval_entries[i] for i in tr], self.prep.index.train_targets[tr], self.prep.eval_tf())
+        return create_loader(ds, batch_size, False, device=self.device, mean=self.prep.mean, std=self.prep.std,
+                             num_workers=self.cfg.data.num_workers)
 
     def loaders(self, fold: int, train_cfg: TrainConfig):
         """(train, validation) loaders of ``fold``, normalised on the context's device."""
@@ -91,6 +98,10 @@ def load_checkpoint_model(path: Path, device: torch.device | str = "cpu"):
     ck = load_best(path)
     meta = ck["meta"]
     model = create_model(meta["model"], meta["num_classes"], meta["in_chans"])
+    if meta.get("shape_spec"):  # a pruned model: rebuild its shapes first
+        from ..hrank import apply_shape_spec
+
+        apply_shape_spec(model, meta["shape_spec"])
     model.load_state_dict(ck["model"])
     return model.to(device).eval(), meta
 
