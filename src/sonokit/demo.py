@@ -94,7 +94,7 @@ def make_image(label: str, size: tuple[int, int], rng: np.random.Generator) -> n
     r_pos = rng.uniform(0.35, 0.7) * radius
     a_pos = rng.uniform(-0.5, 0.5) * half
     cx, cy = apex_x + r_pos * math.sin(a_pos), apex_y + r_pos * math.cos(a_pos)
-    s = radius * rng.uniform(0.13, 0.22)
+    s = radius * rng.uniform(0.2, 0.28)
     _draw_structure(label, draw, cx, cy, s, rng)
     echo = echo.rotate(float(rng.uniform(-20, 20)), resample=Image.BILINEAR, center=(cx, cy), fillcolor=128)
     echo_arr = np.asarray(echo.filter(ImageFilter.GaussianBlur(max(1.0, s * 0.03))), dtype=np.float32) / 128.0

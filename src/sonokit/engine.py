@@ -259,6 +259,8 @@ def fit(
         task.compile()
         model = task.trainable_module
     if env.enabled and hasattr(task, "prepare_distributed") and not isinstance(task.trainable_module, nn.parallel.DistributedDataParallel):
+        if device.type == "cuda":  # batch statistics over the global batch, as one process would see them
+            task.trainable_module = nn.SyncBatchNorm.convert_sync_batchnorm(task.trainable_module)
         task.prepare_distributed(device_ids=[device.index] if device.type == "cuda" else None)
         model = task.trainable_module
     eval_model = bare_model(model)
@@ -268,7 +270,7 @@ def fit(
         _write_metrics(run_dir, history, desc)
     epoch = state["epoch"] + 1
     while not state["done"] and epoch < cfg.epochs:
-        set_epoch(train_loader, epoch, seed)
+        set_epoch(train_loader, epoch)
         task.train()
         t0 = time.perf_counter()
         loss_sum, seen = 0.0, 0

@@ -105,6 +105,17 @@ def resolve_data_dir(root: str | Path = "", competition: str = "") -> Path:
     raise FileNotFoundError("no data directory given (use --data DIR)")
 
 
+def submissions_dir() -> Path:
+    """Where packaged submissions go: $SONOKIT_SUBMISSIONS, the checkout's submissions/, or ./submissions."""
+    env = os.environ.get("SONOKIT_SUBMISSIONS")
+    if env:
+        return Path(env)
+    repo = Path(__file__).resolve().parents[2]
+    if (repo / "submissions").is_dir() and (repo / "setup.cfg").is_file():
+        return repo / "submissions"
+    return working_dir() / "submissions"
+
+
 def packaged_schema() -> Path:
     """The default input schema: input_schema/default.yaml in a checkout, or the packaged copy."""
     here = Path(__file__).resolve()
