@@ -59,9 +59,10 @@ def launch(a, argv, procs: int) -> int:
     try:
         torchrun([*rdzv, f"--nproc-per-node={procs}", "--max-restarts=0", __file__, *argv])
     except ChildFailedError as e:
-        failures = "; ".join(f"rank {r}: exit code {f.exitcode}" for r, f in sorted(e.failures.items()))
-        print(f"error: a DDP process failed ({failures}); the whole run was stopped. Fix the cause shown above, "
-              f"then rerun with --resume to continue from the last checkpoints.", file=sys.stderr)
+        rank, first = e.get_first_failure()
+        print(f"error: DDP process rank {rank} exited with code {first.exitcode}, so the whole run was stopped "
+              f"({len(e.failures)} process(es) ended). Fix the cause shown above, then rerun with --resume to "
+              f"continue from the last checkpoints.", file=sys.stderr)
         return 1
     return 0
 
