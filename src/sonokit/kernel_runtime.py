@@ -1,0 +1,107 @@
+"""What a generated Kaggle notebook runs: resolve inputs on Kaggle, run one stage, tidy the outputs.
+
+The notebooks stay a few lines long; everything they do lives here, in the library, tested
+like the rest. Paths come from :mod:`sonokit.paths` (both Kaggle mount layouts).
+"""
+from __future__ import annotations
+
+import logging
+import shutil
+from pathlib import Path
+
+from .config import load_config
+from .paths import find_kaggle_input, working_dir
+
+_logger = logging.getLogger("sonokit")
+
+#: stage -> (stages it runs, upstream kernels whose outputs it needs)
+KERNEL_STAGES = {
+    "teacher": (["teacher"], []),
+    "student": (["student"], ["teacher"]),
+    "hrank": (["hrank"], ["teacher", "student"]),
+    "inference": (["infer", "flops"], ["hrank"]),
+}
+
+
+def kernel_slug(stage: str) -> str:
+    return f"sonokit-{stage}"
+
+
+def _split(ref: str) -> tuple[str, str]:
+    owner, _, slug = ref.partition("/")
+    return (owner, slug) if slug else ("", owner)
+
+
+def weights_overrides(weights_dataset: str, cfg_names: dict[str, str]) -> list[str]:
+    """``<model>.pth`` files of the attached weights dataset -> model.weights overrides."""
+    if not weights_dataset:
+        return []
+    owner, slug = _split(weights_dataset)
+    try:
+        root = find_kaggle_input(slug, "datasets", owner)
+    except FileNotFoundError:
+        _logger.warning(f"weights dataset {weights_dataset} is not attached: training from random weights")
+        return []
+    out = []
+    for key, model in cfg_names.items():
+        f = root / f"{model}.pth"
+        if f.is_file():
+            out.append(f"{key}.model.weights={f}")
+        else:
+            _logger.warning(f"no {f.name} in {root}: {key} starts from random weights")
+    return out
+
+
+def link_upstream(run_dir: Path, run_name: str, owner: str, upstream: list[str], stage_dirs: dict[str, str]) -> list[Path]:
+    """Make upstream kernels' stage outputs visible in this kernel's run directory (symlinks).
+
+    A later stage may need several earlier ones (hrank's fine-tuning distils from the teacher),
+    so every upstream kernel is attached through kernel_sources and linked here.
+    """
+    links = []
+    for kernel in upstream:
+        src = find_kaggle_input(kernel_slug(kernel), "notebooks", owner, marker=f"{run_name}/config.yaml") / run_name
+        target, link = src / stage_dirs.get(kernel, kernel), run_dir / stage_dirs.get(kernel, kernel)
+        if not target.is_dir():
+            raise FileNotFoundError(f"kernel {kernel_slug(kernel)} has no {target.name}/ output under {src}: run and attach it first")
+        if not link.exists():
+            link.symlink_to(target, target_is_directory=True)
+            links.append(link)
+    return links
+
+
+def run_kernel(stage: str, run_name: str, competition: str, owner: str, weights_dataset: str, overrides: dict) -> Path:
+    """Run one pipeline stage inside a Kaggle notebook; returns the run directory in /kaggle/working."""
+    from . import stages as st
+    from .cli import setup_logging
+
+    setup_logging()
+    if stage not in KERNEL_STAGES:
+        raise ValueError(f"unknown kernel stage {stage!r}; choose from {', '.join(KERNEL_STAGES)}")
+    run_stages, upstream = KERNEL_STAGES[stage]
+    data = find_kaggle_input(competition, "competitions", marker="sample_submission.csv")
+    base = [f"data.root={data}", f"run.out_dir={working_dir()}", f"run.name={run_name}", f"run.competition={competition}"]
+    names = {k: v for k, v in overrides.items() if k.endswith("model.name")}
+    models = {"teacher": names.get("teacher.model.name", "efficientnet-b4"), "student": names.get("student.model.name", "nf_regnet_b1")}
+    user = [f"{k}={v}" for k, v in overrides.items()]
+    cfg = load_config(overrides=base + weights_overrides(weights_dataset, models) + user)
+    run_dir = working_dir() / run_name
+    run_dir.mkdir(parents=True, exist_ok=True)
+    links = link_upstream(run_dir, run_name, owner, upstream, {})
+    try:
+        ctx = st.make_context(cfg)
+        runners = {"teacher": st.run_teacher, "student": st.run_student, "hrank": st.run_hrank, "infer": st.run_infer,
+                   "flops": st.run_flops}
+        for s in run_stages:
+            result = runners[s](ctx)
+            if "overall" in result:
+                print(f"{s}: CV loss {result['overall']['loss']:.4f}, acc {result['overall']['acc']:.4f}")
+            if s == "flops":
+                print("\n".join(result["lines"]))
+        if "infer" in run_stages:
+            shutil.copyfile(run_dir / "submission.csv", working_dir() / "submission.csv")  # what Kaggle scores
+            print(f"submission: {working_dir() / 'submission.csv'}")
+    finally:
+        for link in links:  # the outputs hold this kernel's own stage only
+            link.unlink()
+    return run_dir
