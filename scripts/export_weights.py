@@ -27,7 +27,7 @@ def main(argv=None) -> int:
         from sonokit.export import export_weights
 
         cfg = config_from_args(a)
-        models = [(cfg.teacher.model.name, cfg.teacher.model.in_chans), (cfg.student.model.name, cfg.student.model.in_chans)]
+        models = [cfg.teacher.model.name, cfg.student.model.name]
         out = export_weights(a.out, a.owner, models, weights=None if a.random else "imagenet", slug=a.slug)
         print(f"weights dataset ready in {out}: kaggle datasets create -p {out}")
         return 0

@@ -92,7 +92,7 @@ def test_notebooks_chain_on_a_kaggle_like_tree(tmp_path, monkeypatch):
     kaggle = tmp_path / "kaggle"
     inp, work = kaggle / "input", kaggle / "working"
     make_demo_data(inp / "competitions" / comp, n_train=48, n_test=6, seed=3, progress=False)
-    export_weights(inp / "sonokit-weights", owner, [("test_efficientnet", 3), ("test_nfnet", 1)], weights=None)  # legacy layout
+    export_weights(inp / "sonokit-weights", owner, ["test_efficientnet", "test_nfnet"], weights=None)  # legacy layout
     out = tmp_path / "kernels"
     assert build(out, "--competition", comp, "--owner", owner).returncode == 0
 

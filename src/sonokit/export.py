@@ -9,9 +9,9 @@ import torch
 from .models import GrayscaleModel, create_model
 
 
-def export_weights(out: str | Path, owner: str, models: list[tuple[str, int]], weights: str | None = "imagenet",
+def export_weights(out: str | Path, owner: str, models: list[str], weights: str | None = "imagenet",
                    slug: str = "sonokit-weights") -> Path:
-    """Write ``<model>.pth`` per (name, in_chans) and dataset-metadata.json into ``out``.
+    """Write ``<model>.pth`` per model name and dataset-metadata.json into ``out``.
 
     ``weights="imagenet"`` uses the libraries' own download (machines with internet only);
     ``None`` saves random weights (to check the layout offline). The kernels load these files
@@ -20,7 +20,7 @@ def export_weights(out: str | Path, owner: str, models: list[tuple[str, int]], w
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
     files = []
-    for name, in_chans in models:
+    for name in models:
         # saved with 3 input channels and 1000 classes as published; adapted when loaded
         model = create_model(name, 1000, 3, weights=weights)
         net = model.model if isinstance(model, GrayscaleModel) else model
