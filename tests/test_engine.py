@@ -193,6 +193,16 @@ def test_bf16_on_cpu_runs(tmp_path):
     assert all(np.isfinite(h["train_loss"]) and np.isfinite(h["val_loss"]) for h in res.history)
 
 
+def test_channels_last_runs_and_matches(tmp_path):
+    torch.manual_seed(0)
+    tr, va = loaders()
+    a = fit(task_for(tiny_net()), tr, va, TrainConfig(epochs=2, lr=0.05), tmp_path / "a")
+    torch.manual_seed(0)
+    b = fit(task_for(tiny_net()), tr, va, TrainConfig(epochs=2, lr=0.05, channels_last=True), tmp_path / "b")
+    for x, y in zip(a.history, b.history):
+        assert x["val_loss"] == pytest.approx(y["val_loss"], rel=1e-4)
+
+
 def test_fp16_refused_on_cpu(tmp_path):
     tr, va = loaders()
     with pytest.raises(ValueError, match="fp16 AMP needs CUDA"):

@@ -153,9 +153,9 @@ def run_point(point: Point, grid: Grid, sweep_dir: Path, data: str, config_files
     """Train one grid point; always returns a record (status ok, failed or skipped)."""
     from .flops import competition_gflops, count_params, true_gflops
     from .models import create_model
-    from .stages import make_context, run_student, run_teacher
+    from .stages import make_context, run_hrank, run_student, run_teacher
 
-    runners = {"teacher": run_teacher, "student": run_student}
+    runners = {"teacher": run_teacher, "student": run_student, "hrank": run_hrank}
     t0 = time.perf_counter()
     rec: dict[str, Any] = {"run_id": point.run_id, "index": point.index, "label": point.label, "overrides": point.overrides,
                            "stages": grid.stages}
