@@ -159,6 +159,35 @@ def fold_fingerprint(prep: PreparedData, fold: int) -> str:
     return hashlib.sha256("\n".join(ids).encode()).hexdigest()
 
 
+class FoldResults:
+    """Out-of-fold logits and per-fold rows of one stage, gathered fold by fold."""
+
+    def __init__(self, ctx: Context, stage: str):
+        self.ctx, self.stage = ctx, stage
+        self.stage_dir = ctx.run_dir / stage
+        n = len(ctx.prep.index.train_ids)
+        self.oof = np.zeros((n, ctx.prep.num_classes), dtype=np.float32)
+        self.done = np.zeros(n, dtype=bool)
+        self.rows: list[dict] = []
+
+    def add(self, fold: int, res, **extra) -> None:
+        _, va = self.ctx.prep.fold_indices(fold)
+        if self.ctx.main and res.val_logits is not None:
+            self.oof[va] = res.val_logits
+            self.done[va] = True
+        self.rows.append({"fold": fold, "val_loss": res.best_val_loss, "val_acc": res.best_val_acc, "best_epoch": res.best_epoch,
+                          "epochs_run": res.epochs_run, "stopped_early": res.stopped_early, **extra})
+
+    def finish(self, **extra) -> dict:
+        """oof.csv and cv.json (rank 0); returns the CV summary ({} on other ranks)."""
+        if not self.ctx.main:
+            return {}
+        write_oof(self.stage_dir, self.ctx.prep, self.oof, self.done)
+        summary = cv_summary(self.stage_dir, self.ctx.prep, self.rows, self.oof, self.done, **extra)
+        _logger.info(f"{self.stage} CV: loss {summary['overall']['loss']:.4f}, acc {summary['overall']['acc']:.4f}")
+        return summary
+
+
 def model_meta(name: str, in_chans: int, prep: PreparedData, cfg: Config, fold: int | None = None, **extra) -> dict:
     """What is needed to rebuild a checkpoint's model (saved inside best.pt)."""
     if fold is not None:

@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import logging
 
-import numpy as np
 import torch
 
 from ..engine import evaluate, fit
@@ -26,7 +25,7 @@ from ..hrank import (
 )
 from ..io import atomic_write_json
 from ..mixing import create_mixing
-from .common import Context, cv_summary, load_checkpoint_model, model_meta, write_oof
+from .common import Context, FoldResults, load_checkpoint_model, model_meta
 from .student import load_fold_teacher, make_student_task
 
 _logger = logging.getLogger("sonokit")
@@ -42,11 +41,9 @@ def run_hrank(ctx: Context) -> dict:
     cfg, hcfg = ctx.cfg, ctx.cfg.hrank
     if hcfg.mode not in ("reinit", "prune"):
         raise ValueError(f"hrank.mode must be reinit or prune, not {hcfg.mode!r}")
-    stage_dir = ctx.run_dir / "hrank"
-    n = len(ctx.prep.index.train_ids)
-    oof = np.zeros((n, ctx.prep.num_classes), dtype=np.float32)
-    done = np.zeros(n, dtype=bool)
-    rows, reports = [], []
+    results = FoldResults(ctx, "hrank")
+    stage_dir = results.stage_dir
+    reports = []
     mixing = create_mixing(cfg.student.mix, ctx.prep.num_classes)
     size = cfg.data.image_size
     for fold in ctx.folds():
@@ -96,22 +93,14 @@ def run_hrank(ctx: Context) -> dict:
         res = fit(task, train_loader, val_loader, cfg.hrank.train, fold_dir, ctx.device, seed=cfg.run.seed + 2000 + fold,
                   resume=ctx.resume, batch_transform=mixing, meta=meta, desc=f"hrank-{hcfg.mode} fold {fold}")
         report["after"] = {"val_loss": res.best_val_loss, "val_acc": res.best_val_acc, "best_epoch": res.best_epoch}
-        _, va = ctx.prep.fold_indices(fold)
+        results.add(fold, res, before_val_acc=before_acc, before_val_loss=before_loss)
         if ctx.main:
-            if res.val_logits is not None:
-                oof[va] = res.val_logits
-                done[va] = True
             atomic_write_json(fold_dir / "report.json", report)
             _logger.info(f"hrank fold {fold}: accuracy {before_acc:.4f} before, {right_after[1]:.4f} right after "
                          f"{hcfg.mode}, {res.best_val_acc:.4f} after fine-tuning")
         reports.append(report)
-        rows.append({"fold": fold, "val_loss": res.best_val_loss, "val_acc": res.best_val_acc, "best_epoch": res.best_epoch,
-                     "epochs_run": res.epochs_run, "stopped_early": res.stopped_early,
-                     "before_val_acc": before_acc, "before_val_loss": before_loss})
-    summary = {}
+    summary = results.finish(mode=hcfg.mode, ratio=hcfg.ratio)
     if ctx.main:
-        write_oof(stage_dir, ctx.prep, oof, done)
-        summary = cv_summary(stage_dir, ctx.prep, rows, oof, done, mode=hcfg.mode, ratio=hcfg.ratio)
         atomic_write_json(stage_dir / "report.json", {"folds": reports})
         summary["reports"] = reports
     return summary

@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import logging
 
-import numpy as np
 import torch
 import torch.nn as nn
 from timm.loss import SoftTargetCrossEntropy
@@ -20,7 +19,7 @@ from ..engine import fit, seed_everything
 from ..mixing import create_mixing
 from ..models import create_model
 from ..report import save_confusion
-from .common import Context, cv_summary, fold_fingerprint, load_checkpoint_model, model_meta, write_oof
+from .common import Context, FoldResults, fold_fingerprint, load_checkpoint_model, model_meta
 
 _logger = logging.getLogger("sonokit")
 
@@ -79,11 +78,7 @@ def run_student(ctx: Context) -> dict:
     """Distil every selected fold's teacher into the student; best.pt per fold, oof, CV, confusion."""
     cfg = ctx.cfg
     scfg = cfg.student
-    stage_dir = ctx.run_dir / "student"
-    n = len(ctx.prep.index.train_ids)
-    oof = np.zeros((n, ctx.prep.num_classes), dtype=np.float32)
-    done = np.zeros(n, dtype=bool)
-    rows = []
+    results = FoldResults(ctx, "student")
     mixing = create_mixing(scfg.mix, ctx.prep.num_classes)
     for fold in ctx.folds():
         teacher = load_fold_teacher(ctx, fold, ctx.device) if scfg.kd.enabled else None
@@ -92,22 +87,14 @@ def run_student(ctx: Context) -> dict:
         train_loader, val_loader = ctx.loaders(fold, scfg.train)
         meta = model_meta(scfg.model.name, scfg.model.in_chans, ctx.prep, cfg, fold=fold, stage="student", kd=scfg.kd.enabled)
         res = fit(
-            task, train_loader, val_loader, scfg.train, stage_dir / f"fold{fold}", ctx.device,
+            task, train_loader, val_loader, scfg.train, results.stage_dir / f"fold{fold}", ctx.device,
             seed=cfg.run.seed + 1000 + fold, resume=ctx.resume, batch_transform=mixing, meta=meta,
             desc=f"student fold {fold}{'' if scfg.kd.enabled else ' (no KD)'}",
         )
-        _, va = ctx.prep.fold_indices(fold)
-        if ctx.main and res.val_logits is not None:
-            oof[va] = res.val_logits
-            done[va] = True
-        rows.append({"fold": fold, "val_loss": res.best_val_loss, "val_acc": res.best_val_acc, "best_epoch": res.best_epoch,
-                     "epochs_run": res.epochs_run, "stopped_early": res.stopped_early})
-    summary = {}
+        results.add(fold, res)
+    summary = results.finish(kd=scfg.kd.enabled)
     if ctx.main:
-        write_oof(stage_dir, ctx.prep, oof, done)
-        summary = cv_summary(stage_dir, ctx.prep, rows, oof, done, kd=scfg.kd.enabled)
-        y = ctx.prep.index.train_targets[done]
-        save_confusion(y, oof[done].argmax(1), ctx.prep.classes, stage_dir, title="student out-of-fold")
-        _logger.info(f"student CV: loss {summary['overall']['loss']:.4f}, acc {summary['overall']['acc']:.4f}")
+        done = results.done
+        save_confusion(ctx.prep.index.train_targets[done], results.oof[done].argmax(1), ctx.prep.classes, results.stage_dir,
+                       title="student out-of-fold")
     return summary
-
