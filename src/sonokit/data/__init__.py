@@ -1,0 +1,109 @@
+"""Data pipeline: validated input, image cache, transforms, folds and loaders."""
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+
+import pandas as pd
+
+from ..config import Config
+from ..constants import IMAGENET_MEAN, IMAGENET_STD
+from ..paths import default_cache_dir, resolve_data_dir
+from ..schema import DataIndex, load_schema, require_valid
+from .cache import ImageCache
+from .dataset import ImageDataset, create_loader, default_workers, make_folds, set_epoch, write_folds
+from .transforms import eval_transform, train_transform
+
+__all__ = [
+    "ImageCache",
+    "ImageDataset",
+    "PreparedData",
+    "create_loader",
+    "default_workers",
+    "eval_transform",
+    "make_folds",
+    "prepare_data",
+    "set_epoch",
+    "train_transform",
+    "write_folds",
+]
+
+
+@dataclass
+class PreparedData:
+    """A validated data directory with its cache entries, folds and normalisation."""
+
+    cfg: Config
+    index: DataIndex
+    train_crop_entries: list[Path]  # train images at resize_size (random crops come from these)
+    train_eval_entries: list[Path]  # train images at image_size (validation)
+    test_entries: list[Path]  # test images at image_size
+    folds: pd.DataFrame
+    mean: tuple[float, ...]
+    std: tuple[float, ...]
+
+    @property
+    def classes(self) -> list[str]:
+        return self.index.classes
+
+    @property
+    def num_classes(self) -> int:
+        return len(self.index.classes)
+
+    def fold_indices(self, fold: int):
+        f = self.folds["fold"].to_numpy()
+        if fold < 0 or fold >= int(f.max()) + 1:
+            raise ValueError(f"fold {fold} out of range 0..{int(f.max())}")
+        return (f != fold).nonzero()[0], (f == fold).nonzero()[0]
+
+    def fold_datasets(self, fold: int, seed: int = 0) -> tuple[ImageDataset, ImageDataset]:
+        d = self.cfg.data
+        tr, va = self.fold_indices(fold)
+        y = self.index.train_targets
+        train_ds = ImageDataset(
+            [self.train_crop_entries[i] for i in tr],
+            y[tr],
+            train_transform(d.image_size, d.resize_size, self.cfg.aug),
+            seed=seed,
+        )
+        val_ds = ImageDataset([self.train_eval_entries[i] for i in va], y[va], self.eval_tf(), seed=seed)
+        return train_ds, val_ds
+
+    def eval_tf(self, extra: list | None = None):
+        return eval_transform(self.cfg.data.image_size, extra)
+
+    def test_dataset(self, extra: list | None = None, seed: int = 0, size: int | None = None) -> ImageDataset:
+        """The test images at ``size`` (default: the config's image size), with extra view transforms."""
+        size = size or self.cfg.data.image_size
+        entries = self.test_entries
+        if size != self.cfg.data.image_size:
+            d = self.cfg.data
+            cache = ImageCache(Path(d.cache_dir) if d.cache_dir else default_cache_dir(), size, d.interpolation)
+            entries = cache.build(self.index.test_files, workers=default_workers(d.num_workers), progress=False)
+        return ImageDataset(entries, None, eval_transform(size, extra), seed=seed)
+
+
+def prepare_data(cfg: Config, progress: bool = True) -> PreparedData:
+    """Validate ``cfg.data.root``, build the caches, the folds and mean/std (nothing else written).
+
+    Raises :class:`sonokit.schema.DataError` listing every problem when the data is invalid.
+    """
+    d = cfg.data
+    root = resolve_data_dir(d.root)
+    schema = load_schema(d.schema)
+    cache_root = Path(d.cache_dir) if d.cache_dir else default_cache_dir()
+    crop_cache = ImageCache(cache_root, d.resize_size, d.interpolation)
+    eval_cache = ImageCache(cache_root, d.image_size, d.interpolation)
+    index = require_valid(root, schema, n_folds=d.folds, known_good=eval_cache.has, progress=progress)
+    workers = default_workers(d.num_workers)
+    crop_entries = crop_cache.build(index.train_files, workers=workers, progress=progress)
+    train_eval = eval_cache.build(index.train_files, workers=workers, progress=progress)
+    test_entries = eval_cache.build(index.test_files, workers=workers, progress=progress)
+    folds = make_folds(index.train_ids, index.train_labels, d.folds, d.seed)
+    if d.normalize == "imagenet":
+        mean, std = IMAGENET_MEAN, IMAGENET_STD
+    elif d.normalize == "dataset":
+        mean, std = crop_cache.mean_std(crop_entries)
+    else:
+        raise ValueError(f"data.normalize must be 'dataset' or 'imagenet', not {d.normalize!r}")
+    return PreparedData(cfg, index, crop_entries, train_eval, test_entries, folds, tuple(mean), tuple(std))
