@@ -81,9 +81,9 @@ def run_kernel(stage: str, run_name: str, competition: str, owner: str, weights_
     run_stages, upstream = KERNEL_STAGES[stage]
     data = find_kaggle_input(competition, "competitions", marker="sample_submission.csv")
     base = [f"data.root={data}", f"run.out_dir={working_dir()}", f"run.name={run_name}", f"run.competition={competition}"]
-    names = {k: v for k, v in overrides.items() if k.endswith("model.name")}
-    models = {"teacher": names.get("teacher.model.name", "efficientnet-b4"), "student": names.get("student.model.name", "nf_regnet_b1")}
     user = [f"{k}={v}" for k, v in overrides.items()]
+    chosen = load_config(overrides=user)  # the models the user's overrides pick (or the defaults)
+    models = {"teacher": chosen.teacher.model.name, "student": chosen.student.model.name}
     cfg = load_config(overrides=base + weights_overrides(weights_dataset, models) + user)
     run_dir = working_dir() / run_name
     run_dir.mkdir(parents=True, exist_ok=True)
