@@ -10,9 +10,9 @@ import numpy as np
 import pandas as pd
 import torch
 from sklearn.model_selection import StratifiedKFold
+from timm.data.loader import PrefetchLoader
 from torch.utils.data import DataLoader, Dataset
 from torch.utils.data.distributed import DistributedSampler
-from timm.data.loader import PrefetchLoader
 
 from ..io import atomic_path
 from ..schema import load_image
