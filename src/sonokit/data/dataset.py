@@ -108,6 +108,9 @@ def _seed_worker(worker_id: int) -> None:
     s = torch.initial_seed() % 2**32
     np.random.seed(s)
     random.seed(s)
+    import cv2
+
+    cv2.setNumThreads(1)  # the workers are the parallelism; cv2's own pool per worker oversubscribes the cores
 
 
 def create_loader(
