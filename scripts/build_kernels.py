@@ -40,7 +40,7 @@ def main(argv=None) -> int:
     if "/" in competition or not owner or "/" in owner:
         print("error: --competition is a bare slug and --owner a user name", file=sys.stderr)
         return 2
-    files = build_all(out, competition, owner, weights)
+    files = build_all(competition, owner, weights)
     if a.check:
         stale = [name for name, data in files.items() if not (out / name).is_file() or (out / name).read_bytes() != data]
         extra = [str(p.relative_to(out)) for p in out.rglob("*") if p.is_file() and p.name != "README.md"

@@ -102,7 +102,7 @@ def stage_line(stage: str, s: dict, run_dir) -> str:
     return f"{stage}: done"
 
 
-def summary(run_dir: Path, stages: list[str]) -> str:
+def summary(run_dir: Path) -> str:
     where = [
         ("submission", run_dir / "submission.csv"),
         ("FLOPs report", run_dir / "flops.json"),
@@ -152,7 +152,7 @@ def main(argv=None) -> int:
             if ctx.main:
                 print(stage_line(stage, result, ctx.run_dir), flush=True)
         if ctx.main:
-            print(summary(ctx.run_dir, stages))
+            print(summary(ctx.run_dir))
         return 0
 
     return run_main(go)

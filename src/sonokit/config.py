@@ -249,8 +249,9 @@ def config_hash(cfg: Config) -> str:
 
 def save_config(cfg: Config, run_dir: str | Path) -> Path:
     """Write the resolved config as YAML into ``run_dir`` (atomically)."""
+    from .constants import CONFIG_FILENAME
     from .io import atomic_write_text
 
-    path = Path(run_dir) / "config.yaml"
+    path = Path(run_dir) / CONFIG_FILENAME
     atomic_write_text(path, yaml.safe_dump(to_dict(cfg), sort_keys=False))
     return path

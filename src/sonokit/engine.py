@@ -15,7 +15,7 @@ import math
 import random
 import time
 from contextlib import nullcontext
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable
 
@@ -392,9 +392,3 @@ def fit(
 def _write_metrics(run_dir: Path, history: list[dict], title: str) -> None:
     atomic_write_text(run_dir / METRICS, "".join(json.dumps(h) + "\n" for h in history))
     plot_curves(history, run_dir / CURVES, title)
-
-
-def fit_result_dict(r: FitResult) -> dict:
-    d = asdict(r)
-    d.pop("val_logits", None)
-    return d

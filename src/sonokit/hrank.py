@@ -238,30 +238,38 @@ def apply_shape_spec(model: nn.Module, spec: dict) -> nn.Module:
 
 
 # ----------------------------------------------------------------------------- figures
-def save_rank_figures(ranks: np.ndarray, targets: np.ndarray, classes: Sequence[str], out_dir: Path, layer: str) -> dict:
-    """ranks.npy, ranks_heatmap.png (x filter, y image, brightness rank, like the source's figure)
-    and ranks_by_class.png (mean rank per class and filter). Returns how much of the rank
-    variance the label explains (eta squared), the source's question."""
+def _gray_heatmap(values: np.ndarray, path: Path, height: float, title: str, label: str, ylabel: str = "",
+                  yticks: list[str] | None = None) -> None:
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
+    fig, ax = plt.subplots(figsize=(min(16, 4 + values.shape[1] / 12), height))
+    im = ax.imshow(values, cmap="gray", aspect="auto", interpolation="nearest")
+    if yticks is not None:
+        ax.set_yticks(range(len(yticks)), labels=yticks)
+    ax.set_xlabel("filter index")
+    ax.set_ylabel(ylabel)
+    ax.set_title(title)
+    fig.colorbar(im, ax=ax, label=label)
+    fig.tight_layout()
+    with atomic_path(path) as tmp:
+        fig.savefig(tmp, format="png", dpi=90)
+    plt.close(fig)
+
+
+def save_rank_figures(ranks: np.ndarray, targets: np.ndarray, classes: Sequence[str], out_dir: Path, layer: str) -> dict:
+    """ranks.npy, ranks_heatmap.png (x filter, y image, brightness rank, like the source's figure)
+    and ranks_by_class.png (mean rank per class and filter). Returns how much of the rank
+    variance the label explains (eta squared), the source's question."""
     out_dir.mkdir(parents=True, exist_ok=True)
     with atomic_path(out_dir / "ranks.npy") as tmp:
         with open(tmp, "wb") as f:
             np.save(f, ranks)
     n_img, n_f = ranks.shape
-    fig, ax = plt.subplots(figsize=(min(16, 4 + n_f / 12), min(12, 2.5 + n_img / 10)))
-    im = ax.imshow(ranks, cmap="gray", aspect="auto", interpolation="nearest")
-    ax.set_xlabel("filter index")
-    ax.set_ylabel("image")
-    ax.set_title(f"feature-map rank per image and filter: {layer}")
-    fig.colorbar(im, ax=ax, label="rank")
-    fig.tight_layout()
-    with atomic_path(out_dir / "ranks_heatmap.png") as tmp:
-        fig.savefig(tmp, format="png", dpi=90)
-    plt.close(fig)
+    _gray_heatmap(ranks, out_dir / "ranks_heatmap.png", min(12, 2.5 + n_img / 10),
+                  f"feature-map rank per image and filter: {layer}", "rank", ylabel="image")
 
     present = [c for c in range(len(classes)) if (targets == c).any()]
     per_class = np.stack([ranks[targets == c].mean(0) for c in present])
@@ -269,14 +277,7 @@ def save_rank_figures(ranks: np.ndarray, targets: np.ndarray, classes: Sequence[
     between = sum((targets == c).sum() * ((ranks[targets == c].mean(0) - ranks.mean(0)) ** 2).sum() for c in present)
     total = ((ranks - grand) ** 2).sum() - n_img * ((ranks.mean(0) - grand) ** 2).sum()  # within-filter variance
     eta2 = float(between / total) if total > 0 else 0.0
-    fig, ax = plt.subplots(figsize=(min(16, 4 + n_f / 12), 2 + 0.4 * len(present)))
-    im = ax.imshow(per_class, cmap="gray", aspect="auto", interpolation="nearest")
-    ax.set_yticks(range(len(present)), labels=[f"{classes[c]} ({int((targets == c).sum())})" for c in present])
-    ax.set_xlabel("filter index")
-    ax.set_title(f"mean rank per class: the label explains {eta2:.1%} of the per-filter rank variance")
-    fig.colorbar(im, ax=ax, label="mean rank")
-    fig.tight_layout()
-    with atomic_path(out_dir / "ranks_by_class.png") as tmp:
-        fig.savefig(tmp, format="png", dpi=90)
-    plt.close(fig)
+    _gray_heatmap(per_class, out_dir / "ranks_by_class.png", 2 + 0.4 * len(present),
+                  f"mean rank per class: the label explains {eta2:.1%} of the per-filter rank variance", "mean rank",
+                  yticks=[f"{classes[c]} ({int((targets == c).sum())})" for c in present])
     return {"label_explains": eta2, "images": int(n_img), "filters": int(n_f)}

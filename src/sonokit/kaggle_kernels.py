@@ -195,7 +195,7 @@ def check_metadata(meta: dict, folder: Path) -> list[str]:
     return problems
 
 
-def build_all(out: Path, competition: str, owner: str, weights_dataset: str) -> dict[str, bytes]:
+def build_all(competition: str, owner: str, weights_dataset: str) -> dict[str, bytes]:
     """Every file of kernels/ as {relative path: bytes} (nothing written)."""
     archive = source_archive()
     commit = source_commit()

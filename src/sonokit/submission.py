@@ -2,7 +2,6 @@
 from __future__ import annotations
 
 import hashlib
-import json
 import os
 import shutil
 import subprocess
@@ -128,7 +127,3 @@ def package(csv: Path, run_name: str, manifest: dict, out_dir: Path, now: dateti
         atomic_write_json(man, full)
         return dst, man
     raise FileExistsError(f"no free name for {stamp}_{run_name} in {out_dir}")
-
-
-def manifest_text(manifest: dict) -> str:
-    return json.dumps(manifest, indent=2, sort_keys=True)
