@@ -144,7 +144,7 @@ def main(argv=None) -> int:
         cfg = config_from_args(a, extra)
         from sonokit import stages as st
 
-        ctx = st.make_context(cfg, resume=a.resume)
+        ctx = st.make_context(cfg, resume=a.resume, stages=stages)
         runners = {"teacher": st.run_teacher, "student": st.run_student, "hrank": st.run_hrank, "infer": st.run_infer,
                    "flops": st.run_flops, "package": lambda c: st.run_package(c, message=a.message)}
         for stage in [s for s in STAGES if s in stages]:

@@ -59,6 +59,29 @@ def test_demo_is_deterministic(tmp_path):
     )
 
 
+def test_demo_bytes_do_not_depend_on_worker_count(tmp_path):
+    a = make_demo_data(tmp_path / "a", n_train=16, n_test=6, seed=5, progress=False, workers=0)
+    b = make_demo_data(tmp_path / "b", n_train=16, n_test=6, seed=5, progress=False, workers=2)
+    files = sorted(p.relative_to(a) for p in a.rglob("*") if p.is_file())
+    assert len(files) == 16 + 6 + 3 and all((a / f).read_bytes() == (b / f).read_bytes() for f in files)
+
+
+def test_replicated_data_is_a_valid_larger_set(tmp_path):
+    from sonokit.demo import replicate_data
+
+    base = make_demo_data(tmp_path / "base", n_train=16, n_test=2, seed=1, progress=False)
+    big = replicate_data(base, tmp_path / "big", 50, 5)
+    problems, index = validate(big, load_schema(), n_folds=5, check_images=False)
+    assert problems == [] and len(index.train_ids) == 50 and len(index.test_ids) == 5
+    assert all(p.is_symlink() for p in index.train_files)
+    labels = dict(zip(index.train_ids, index.train_labels))
+    base_labels = dict(p.split(",") for p in (base / "train.csv").read_text().splitlines()[1:])
+    assert all(labels[i] == base_labels[i.rsplit("_r", 1)[0]] for i in index.train_ids)
+    # every copy is its own cache entry (as a copied file would be), so a cold run costs what real data costs
+    cache = ImageCache(tmp_path / "c", 16)
+    assert len({cache.entry(f) for f in index.train_files}) == 50
+
+
 def test_demo_cli_rejects_too_few_images(tmp_path):
     import subprocess
     import sys

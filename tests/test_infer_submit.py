@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import json
+import os
 import subprocess
 import sys
 from datetime import datetime, timezone
@@ -14,9 +15,10 @@ import torch
 import torch.nn as nn
 from kaggle_fake import FakeKaggle, cli_env
 
+from conftest import make_tiny_data
 from sonokit.config import load_config, save_config
 from sonokit.models import create_model
-from sonokit.schema import load_schema
+from sonokit.schema import load_schema, validate
 from sonokit.stages.common import make_context
 from sonokit.stages.infer import predict_views, soft_vote
 from sonokit.submission import (
@@ -93,7 +95,7 @@ def sample(tmp_path):
 
 CASES = {
     "header": (["image_id", "class"], [("a", "cat"), ("b", "dog"), ("c", "cat")], "header ['image_id', 'class'] differs"),
-    "nan": (["image_id", "label"], [("a", "cat"), ("b", None), ("c", "cat")], "1 row(s) with empty/NaN values (e.g. ['b'])"),
+    "nan": (["image_id", "label"], [("a", "cat"), ("b", None), ("c", "cat")], "1 row(s) with an empty/NaN id or label (e.g. ['b'])"),
     "missing": (["image_id", "label"], [("a", "cat"), ("b", "dog")], "1 id(s) of sample_submission missing (e.g. ['c'])"),
     "extra": (["image_id", "label"], [("a", "cat"), ("b", "dog"), ("c", "cat"), ("z", "cat")], "1 id(s) not in sample_submission (e.g. ['z'])"),
     "order": (["image_id", "label"], [("b", "cat"), ("a", "dog"), ("c", "cat")], "ids are not in sample_submission's order"),
@@ -120,10 +122,45 @@ def test_valid_submission_and_index_labels(tmp_path, sample):
     assert df["label"].tolist() == ["cat", "dog", "cat"]
     schema.submission_label = "index"
     df = build_submission(["a", "b", "c"], probs, ["cat", "dog"], schema)
-    assert df["label"].tolist() == [0, 1, 0]
+    assert df["label"].tolist() == ["0", "1", "0"]
     df.to_csv(tmp_path / "sub2.csv", index=False)
     write(tmp_path / "sample2.csv", ["image_id", "label"], [("a", 0), ("b", 0), ("c", 0)])
     require_valid_submission(tmp_path / "sub2.csv", tmp_path / "sample2.csv", ["cat", "dog"], schema)
+
+
+def test_integer_labels_index_mode_writes_the_label_value(tmp_path):
+    """12 classes labelled 0..11: sorted numerically, and class k is written as k (not its string-sort position)."""
+    data = make_tiny_data(tmp_path / "d", classes=tuple(str(i) for i in range(12)), per_class=2, size=(8, 8))
+    schema = load_schema()
+    schema.submission_label = "index"
+    _, index = validate(data, schema, n_folds=2)
+    assert index.classes[:4] == ["0", "1", "2", "3"] and index.classes[-1] == "11"
+    probs = np.eye(12)[[2, 10, 11]]
+    ids = index.test_ids
+    df = build_submission(ids, probs, index.classes, schema)
+    assert df["label"].tolist() == ["2", "10", "11"]
+    df.to_csv(tmp_path / "sub.csv", index=False)
+    require_valid_submission(tmp_path / "sub.csv", data / "sample_submission.csv", index.classes, schema)
+    write(tmp_path / "bad.csv", ["image_id", "label"], [(ids[0], "2"), (ids[1], "12"), (ids[2], "11")])
+    with pytest.raises(SubmissionError, match=r"label\(s\) not in the class list: \['12'\]"):
+        require_valid_submission(tmp_path / "bad.csv", data / "sample_submission.csv", index.classes, schema)
+
+
+def test_three_column_submission_keeps_sample_values(tmp_path):
+    schema = load_schema()
+    schema.submission_columns = ["image_id", "usage", "label"]
+    sample = write(tmp_path / "sample.csv", ["image_id", "usage", "label"], [("a", "Public", "cat"), ("b", "Private", "cat"), ("c", "", "cat")])
+    probs = np.array([[0.9, 0.1], [0.2, 0.8], [0.6, 0.4]])
+    df = build_submission(["a", "b", "c"], probs, ["cat", "dog"], schema, sample=sample)
+    assert list(df.columns) == ["image_id", "usage", "label"]
+    assert df["usage"].tolist() == ["Public", "Private", ""] and df["label"].tolist() == ["cat", "dog", "cat"]
+    df.to_csv(tmp_path / "sub.csv", index=False)
+    require_valid_submission(tmp_path / "sub.csv", sample, ["cat", "dog"], schema)
+    df.assign(usage=["Public", "Public", ""]).to_csv(tmp_path / "bad.csv", index=False)
+    with pytest.raises(SubmissionError, match="column 'usage' differs from sample_submission's in 1 row"):
+        require_valid_submission(tmp_path / "bad.csv", sample, ["cat", "dog"], schema)
+    with pytest.raises(ValueError, match="come from sample_submission"):
+        build_submission(["a"], probs[:1], ["cat", "dog"], schema)
 
 
 def test_never_overwrite(tmp_path):
@@ -247,3 +284,20 @@ def test_infer_stage_end_to_end(demo_data, tmp_path):
     assert 0 <= members["test_acc_on_solution_csv"] <= 1
     flops = json.loads((run / "flops.json").read_text())
     assert flops["competition_gflops"] > 0 and flops["pipeline_gflops"] == pytest.approx(flops["true_gflops"] * 4)
+    # a prediction-only run reads train.csv for the class list and nothing else of the train set:
+    # here the train images are gone and the (fresh) cache gets the 12 test images only
+    import shutil
+
+    copy = tmp_path / "no-train-images"
+    shutil.copytree(demo_data, copy, ignore=shutil.ignore_patterns("train"))
+    assert (copy / "train.csv").is_file() and not (copy / "train").exists()
+    cache = tmp_path / "fresh-cache"
+    env = {**os.environ, "SONOKIT_CACHE": str(cache)}
+    args[1] = str(copy)
+    r = subprocess.run([sys.executable, str(TRAIN), "--stages", "infer,flops", *args], capture_output=True, text=True, timeout=900, env=env)
+    assert r.returncode == 0, r.stderr[-3000:]
+    assert "train images" not in r.stderr
+    assert [p.name for p in cache.iterdir()] == ["v1_32_area"]  # nothing at resize_size (40): no training cache
+    assert len(list(cache.rglob("*.npy"))) == 12
+    again = pd.read_csv(run / "submission.csv")
+    assert again.equals(sub)

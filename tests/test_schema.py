@@ -116,11 +116,35 @@ def test_image_modes(tiny_data):
     rc, lines = run_check(tiny_data)
     assert rc == 0, lines
     Image.new("RGBA", (20, 10), (1, 2, 3, 100)).save(t / "dog_3.png")  # transparency: reported
-    Image.new("CMYK", (20, 10)).save(t / "dog_4.jpg")  # unsupported: reported
     rc, lines = run_check(tiny_data)
     assert rc == 2
-    assert "train/dog_3.png: mode RGBA with transparent pixels: dropping alpha would change the image" in lines
-    assert "train/dog_4.jpg: mode CMYK is not supported (expected L, RGB, RGBA, P or 16-bit grayscale)" in lines
+    assert lines == ["train/dog_3.png: mode RGBA with transparent pixels: dropping alpha would change the image"]
+
+
+def test_cmyk_jpeg_is_read_like_other_modes(tiny_data):
+    from sonokit.schema import load_image
+
+    path = tiny_data / "train" / "dog_4.jpg"
+    Image.new("CMYK", (24, 16), (0, 255, 255, 0)).save(path, quality=100)  # pure red in CMYK
+    with Image.open(path) as im:
+        assert im.mode == "CMYK"
+    rc, lines = run_check(tiny_data)
+    assert rc == 0, lines
+    arr = load_image(path)
+    assert arr.shape == (16, 24, 3) and arr.dtype == np.uint8
+    r, g, b = arr.reshape(-1, 3).mean(0)
+    assert r > 240 and g < 15 and b < 15
+
+
+def test_unsupported_mode_is_reported(tiny_data, tmp_path):
+    schema = tmp_path / "s.yaml"
+    text = (Path(__file__).resolve().parents[1] / "input_schema" / "default.yaml").read_text()
+    schema.write_text(text.replace("extensions: [jpg, jpeg, png]", "extensions: [jpg, jpeg, png, tif]"))
+    (tiny_data / "train" / "dog_4.jpg").unlink()
+    Image.fromarray(np.zeros((10, 20), np.float32)).save(tiny_data / "train" / "dog_4.tif")  # mode F
+    rc, lines = run_check(tiny_data, "--schema", str(schema))
+    assert rc == 2
+    assert lines == ["train/dog_4.tif: mode F is not supported (expected L, RGB, RGBA, P, CMYK or 16-bit grayscale)"]
 
 
 def test_sixteen_bit_is_scaled_not_clipped(tmp_path):
@@ -183,10 +207,35 @@ def test_require_valid_raises_with_all_problems(tiny_data):
     assert len(e.value.problems) == 1
 
 
-def test_known_good_skips_decoding(tiny_data):
+def test_image_check_replaces_decoding(tiny_data):
+    """validate() hands the images to the given checker (training's cache builder) and reports what it says."""
     (tiny_data / "train" / "cat_1.png").write_bytes(b"")
-    problems, _ = validate(tiny_data, load_schema(), n_folds=2, known_good=lambda p: True)
-    assert problems == []
+    seen = []
+
+    def checker(train, test):
+        seen.append((len(train), len(test)))
+        return {test[0]: "says the checker"}
+
+    problems, _ = validate(tiny_data, load_schema(), n_folds=2, image_check=checker)
+    assert seen == [(10, 3)]
+    assert [str(p) for p in problems] == ["test/t0.png: says the checker"]  # cat_1.png was never decoded
+
+
+def test_predict_scope_reads_only_the_class_list(tiny_data):
+    """A prediction-only run needs the classes and the test images, not the train images."""
+    import shutil
+
+    shutil.rmtree(tiny_data / "train")
+    problems, index = validate(tiny_data, load_schema(), n_folds=5, scope="predict")
+    assert problems == [] and index.classes == ["cat", "dog"] and index.train_files == [] and len(index.test_files) == 3
+    problems, _ = validate(tiny_data, load_schema(), n_folds=5)
+    assert "train/: image folder not found" in [str(p) for p in problems]
+
+
+def test_integer_labels_sort_numerically(tmp_path):
+    data = make_tiny_data(tmp_path / "d", classes=tuple(str(i) for i in range(12)), per_class=2, size=(8, 8))
+    problems, index = validate(data, load_schema(), n_folds=2, scope="predict")
+    assert problems == [] and index.classes == [str(i) for i in range(12)]
 
 
 def test_schema_unknown_key(tmp_path):

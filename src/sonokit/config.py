@@ -140,6 +140,8 @@ class RunConfig:
     competition: str = ""  # Kaggle competition slug (submissions, kernels)
     seed: int = 42
     device: str = "auto"  # auto, cpu, cuda, cuda:N
+    collective_timeout_s: float = 60.0  # DDP: a training collective waiting longer than this ends the run (a dead or hung peer)
+    wait_timeout_s: float = 86400.0  # DDP: how long ranks wait for one rank's one-off work (data preparation, HRank ranks)
 
 
 @dataclass

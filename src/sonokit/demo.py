@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import csv
 import math
+import os
 from pathlib import Path
 
 import numpy as np
@@ -144,6 +145,11 @@ def _save(arr: np.ndarray, path: Path) -> None:
             img.save(tmp, format="JPEG", quality=90)
 
 
+def _make_one(job: tuple) -> None:
+    split, image_id, label, size, ext, img_seed, out = job
+    _save(make_image(label, size, np.random.default_rng(img_seed)), Path(out) / split / f"{image_id}.{ext}")
+
+
 def make_demo_data(
     out: str | Path,
     n_train: int = 400,
@@ -152,12 +158,15 @@ def make_demo_data(
     png_fraction: float = 0.3,
     progress: bool = True,
     force: bool = False,
+    workers: int = -1,
 ) -> Path:
     """Write a demo data set (train.csv, train/, test/, sample_submission.csv, solution.csv).
 
     ``solution.csv`` holds the test labels, so the demo can score its own submission; the
     validator ignores it. An existing data set in ``out`` is an error unless ``force``, which
     replaces it (a stale image with another extension would otherwise make ids ambiguous).
+    Images are drawn by ``workers`` processes (-1: every core); each has its own seed, so the
+    bytes do not depend on the worker count.
     """
     out = Path(out)
     existing = [p for d in ("train", "test") if (out / d).is_dir() for p in (out / d).iterdir()]
@@ -181,14 +190,27 @@ def make_demo_data(
         for i, label in enumerate(labels):
             size = EXTREME_SIZES[i] if split == "train" and i < len(EXTREME_SIZES) else _sample_size(rng)
             ext = "png" if rng.random() < png_fraction else "jpg"
-            jobs.append((split, f"{split}_{i:05d}", label, size, ext, int(rng.integers(2**31))))
-    iterator = jobs
+            jobs.append((split, f"{split}_{i:05d}", label, size, ext, int(rng.integers(2**31)), str(out)))
+    bar = None
     if progress:
         from tqdm.auto import tqdm
 
-        iterator = tqdm(jobs, desc="demo images", unit="img")
-    for split, image_id, label, size, ext, img_seed in iterator:
-        _save(make_image(label, size, np.random.default_rng(img_seed)), out / split / f"{image_id}.{ext}")
+        bar = tqdm(total=len(jobs), desc="demo images", unit="img")
+    workers = (os.cpu_count() or 1) if workers < 0 else workers
+    if workers > 1 and len(jobs) > 4:
+        from concurrent.futures import ProcessPoolExecutor
+
+        with ProcessPoolExecutor(workers) as ex:
+            for _ in ex.map(_make_one, jobs, chunksize=2):
+                if bar:
+                    bar.update()
+    else:
+        for job in jobs:
+            _make_one(job)
+            if bar:
+                bar.update()
+    if bar:
+        bar.close()
 
     def write_csv(name, header, rows):
         with atomic_path(out / name) as tmp:
@@ -202,4 +224,49 @@ def make_demo_data(
     write_csv("train.csv", ["image_id", "label"], train)
     write_csv("sample_submission.csv", ["image_id", "label"], [(i, CLASSES[0]) for i, _ in test])
     write_csv("solution.csv", ["image_id", "label"], test)
+    return out
+
+
+def replicate_data(src: str | Path, out: str | Path, n_train: int, n_test: int | None = None) -> Path:
+    """A data set of ``n_train`` train (and ``n_test`` test) images made of symlinks to ``src``'s.
+
+    Copies get new ids (``<id>_r<k>``) and keep their labels, so a few hundred demo images make a
+    10,000-image set in seconds: a real-size check of everything that runs once per image.
+    """
+    src, out = Path(src).resolve(), Path(out)
+    if (out / "train.csv").exists():
+        raise FileExistsError(f"{out} already holds a data set")
+
+    def rows(name):
+        with open(src / name, newline="") as f:
+            return list(csv.reader(f))[1:]
+
+    def files(split):
+        return {p.stem: p for p in (src / split).iterdir()}
+
+    def copy(split, base_rows, n, header, label_of):
+        (out / split).mkdir(parents=True, exist_ok=True)
+        by_id = files(split)
+        made = []
+        for k in range(n):
+            image_id, label = base_rows[k % len(base_rows)][0], label_of(base_rows[k % len(base_rows)])
+            new_id = f"{image_id}_r{k // len(base_rows)}"
+            target = by_id[image_id]
+            (out / split / f"{new_id}{target.suffix}").symlink_to(target)
+            made.append((new_id, label))
+        with atomic_path(out / header) as tmp:
+            with open(tmp, "w", newline="") as f:
+                w = csv.writer(f)
+                w.writerow(["image_id", "label"])
+                w.writerows(made)
+        return made
+
+    copy("train", rows("train.csv"), n_train, "train.csv", lambda r: r[1])
+    test_rows = rows("solution.csv") if (src / "solution.csv").is_file() else rows("sample_submission.csv")
+    made = copy("test", test_rows, n_test if n_test is not None else len(test_rows), "solution.csv", lambda r: r[1])
+    with atomic_path(out / "sample_submission.csv") as tmp:
+        with open(tmp, "w", newline="") as f:
+            w = csv.writer(f)
+            w.writerow(["image_id", "label"])
+            w.writerows((i, CLASSES[0]) for i, _ in made)
     return out

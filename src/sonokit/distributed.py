@@ -32,17 +32,32 @@ def env_from_vars() -> DistEnv:
     )
 
 
-def init_distributed(device: torch.device, timeout_s: int = 60) -> DistEnv:
+_TRAIN_GROUP = None  # the short-timeout group every training collective uses
+
+
+def init_distributed(device: torch.device, collective_timeout_s: float = 60, wait_timeout_s: float = 86400) -> DistEnv:
     """Join the process group described by the torchrun variables (no-op for one process).
 
-    A short collective timeout makes a run whose peer died fail within about a minute
-    instead of hanging.
+    Two groups over the same processes, because they need opposite timeouts:
+
+    * the default group, with ``wait_timeout_s`` (a day by default), only for waiting on one-off
+      work a single rank does while the others have nothing to do (:func:`wait_for_peers`):
+      data preparation of any length, HRank's rank statistics;
+    * the training group, with ``collective_timeout_s`` (a minute by default), for DDP and every
+      collective of the training loop, so a run whose peer died or hung ends within about that.
     """
+    global _TRAIN_GROUP
     env = env_from_vars()
     if env.enabled and not dist.is_initialized():
         backend = "nccl" if device.type == "cuda" else "gloo"
-        dist.init_process_group(backend=backend, timeout=datetime.timedelta(seconds=timeout_s))
+        dist.init_process_group(backend=backend, timeout=datetime.timedelta(seconds=wait_timeout_s))
+        _TRAIN_GROUP = dist.new_group(timeout=datetime.timedelta(seconds=collective_timeout_s))
     return env
+
+
+def train_group():
+    """The process group for training collectives (None = the default group, or no DDP)."""
+    return _TRAIN_GROUP
 
 
 def current() -> DistEnv:
@@ -51,24 +66,37 @@ def current() -> DistEnv:
     return DistEnv()
 
 
+def _on() -> bool:
+    return dist.is_available() and dist.is_initialized()
+
+
 def all_reduce_sum(values: list[float], device: torch.device) -> list[float]:
-    if not (dist.is_available() and dist.is_initialized()):
+    if not _on():
         return values
     t = torch.tensor(values, dtype=torch.float64, device=device)
-    dist.all_reduce(t)
+    dist.all_reduce(t, group=_TRAIN_GROUP)
     return t.tolist()
 
 
-def all_gather_objects(obj):
-    if not (dist.is_available() and dist.is_initialized()):
+def all_gather_objects(obj, patient: bool = False):
+    """Every rank's ``obj``. ``patient=True`` waits as long as one-off work may take (see
+    :func:`init_distributed`); use it where one rank computes while the others wait."""
+    if not _on():
         return [obj]
     out = [None] * dist.get_world_size()
-    dist.all_gather_object(out, obj)
+    dist.all_gather_object(out, obj, group=None if patient else _TRAIN_GROUP)
     return out
 
 
 def barrier() -> None:
-    if dist.is_available() and dist.is_initialized():
+    """A training-time barrier (short timeout)."""
+    if _on():
+        dist.barrier(group=_TRAIN_GROUP)
+
+
+def wait_for_peers() -> None:
+    """Wait for every rank without the short collective timeout (after one-off, one-rank work)."""
+    if _on():
         dist.barrier()
 
 

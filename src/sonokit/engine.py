@@ -155,7 +155,8 @@ def evaluate(model: nn.Module, loader, device: torch.device, amp: torch.dtype | 
     model.eval()
     loss_sum, correct, n = 0.0, 0.0, 0.0
     chunks: list[torch.Tensor] = []
-    for x, y in loader:
+    env = dist_utils.current()
+    for x, y in tqdm(loader, desc="validating", unit="batch", leave=False, disable=not env.is_main):
         if channels_last:
             x = x.contiguous(memory_format=torch.channels_last)
         with autocast(device, amp):
@@ -167,7 +168,6 @@ def evaluate(model: nn.Module, loader, device: torch.device, amp: torch.dtype | 
         chunks.append(logits.cpu())
     loss_sum, correct, n = dist_utils.all_reduce_sum([loss_sum, correct, n], device)
     logits = torch.cat(chunks) if chunks else torch.zeros(0)
-    env = dist_utils.current()
     if env.enabled:
         sampler = getattr(loader, "sampler", None)
         idx = list(getattr(sampler, "indices", range(len(logits))))
@@ -260,8 +260,8 @@ def fit(
         model = task.trainable_module
     if env.enabled and hasattr(task, "prepare_distributed") and not isinstance(task.trainable_module, nn.parallel.DistributedDataParallel):
         if device.type == "cuda":  # batch statistics over the global batch, as one process would see them
-            task.trainable_module = nn.SyncBatchNorm.convert_sync_batchnorm(task.trainable_module)
-        task.prepare_distributed(device_ids=[device.index] if device.type == "cuda" else None)
+            task.trainable_module = nn.SyncBatchNorm.convert_sync_batchnorm(task.trainable_module, dist_utils.train_group())
+        task.prepare_distributed(device_ids=[device.index] if device.type == "cuda" else None, process_group=dist_utils.train_group())
         model = task.trainable_module
     eval_model = bare_model(model)
 

@@ -55,10 +55,10 @@ def slugify(title: str) -> str:
 
 
 def source_archive() -> bytes:
-    """src/sonokit (+ the default input schema) as a deterministic gzip tar."""
-    files = sorted(p for p in SRC.rglob("*") if p.is_file() and "__pycache__" not in p.parts and p.suffix in (".py", ".yaml", ".typed"))
+    """src/sonokit (with the default input schema) as a deterministic gzip tar."""
+    files = sorted(p for p in SRC.rglob("*") if p.is_file() and "__pycache__" not in p.parts and p.suffix in (".py", ".yaml"))
+    # default_schema.yaml is a link to input_schema/default.yaml: its content is what is archived
     members = [(f"sonokit/{p.relative_to(SRC).as_posix()}", p.read_bytes()) for p in files]
-    members.append(("sonokit/default_schema.yaml", (ROOT / "input_schema" / "default.yaml").read_bytes()))
     raw = io.BytesIO()
     with tarfile.open(fileobj=raw, mode="w", format=tarfile.PAX_FORMAT) as tar:
         for name, data in sorted(members):

@@ -89,7 +89,7 @@ def run_kernel(stage: str, run_name: str, competition: str, owner: str, weights_
     run_dir.mkdir(parents=True, exist_ok=True)
     links = link_upstream(run_dir, run_name, owner, upstream, {})
     try:
-        ctx = st.make_context(cfg)
+        ctx = st.make_context(cfg, stages=run_stages)
         runners = {"teacher": st.run_teacher, "student": st.run_student, "hrank": st.run_hrank, "infer": st.run_infer,
                    "flops": st.run_flops}
         for s in run_stages:

@@ -20,7 +20,7 @@ def make_manifest(run_dir: Path, repo_root: Path | None = None) -> tuple[dict, P
         raise FileNotFoundError(f"{cfg_path} not found: is {run_dir} a sonokit run directory?")
     cfg = load_config([cfg_path])
     schema = load_schema(cfg.data.schema)
-    problems, index = validate(cfg.data.root, schema, n_folds=cfg.data.folds, check_images=False)
+    problems, index = validate(cfg.data.root, schema, n_folds=cfg.data.folds, check_images=False, scope="predict")
     if index is None:
         raise SubmissionError([f"the run's data directory {cfg.data.root} is not valid: {p}" for p in problems[:5]])
     require_valid_submission(csv, Path(cfg.data.root) / schema.sample_submission, index.classes, schema)

@@ -117,7 +117,8 @@ def submissions_dir() -> Path:
 
 
 def packaged_schema() -> Path:
-    """The default input schema: input_schema/default.yaml in a checkout, or the packaged copy."""
+    """The default input schema: input_schema/default.yaml in a checkout (the user may edit it), else the
+    packaged copy (src/sonokit/default_schema.yaml, a link to it in the repository, a file in a wheel)."""
     here = Path(__file__).resolve()
     for cand in (here.parents[2] / "input_schema" / "default.yaml", here.parent / "default_schema.yaml"):
         if cand.is_file():

@@ -55,6 +55,33 @@ class Schema:
         return self.submission_columns[-1]
 
 
+def _is_int_label(label: str) -> bool:
+    t = label.strip()
+    return bool(t) and t.lstrip("-").isdigit()
+
+
+def sort_classes(labels: Iterable[str]) -> list[str]:
+    """The class list from the labels: integer-like labels numerically ("2" before "10"), others as text."""
+    uniq = set(labels)
+    if uniq and all(_is_int_label(c) for c in uniq):
+        return sorted(uniq, key=lambda c: int(c))
+    return sorted(uniq)
+
+
+def submission_values(classes: list[str], schema: "Schema") -> list[str]:
+    """What the submission writes for each class, in class order.
+
+    ``submission_label: name`` writes the class itself; ``index`` writes the class's own integer
+    label when every class is an integer (0..N-1, as most Kaggle competitions number them),
+    otherwise its position in ``classes``.
+    """
+    if schema.submission_label == "name":
+        return list(classes)
+    if all(_is_int_label(c) for c in classes):
+        return [str(int(c)) for c in classes]
+    return [str(i) for i in range(len(classes))]
+
+
 def load_schema(path: str | Path = "") -> Schema:
     path = Path(path) if path else packaged_schema()
     if not path.is_file():
@@ -91,8 +118,8 @@ class Problem:
 
 
 # ----------------------------------------------------------------------------- images
-#: Modes decoded to RGB as they are.
-_PLAIN_MODES = {"RGB", "L", "1", "P", "PA", "LA", "YCbCr"}
+#: Modes decoded to RGB as they are (CMYK: PIL's conversion, as every decoder reads such a JPEG).
+_PLAIN_MODES = {"RGB", "L", "1", "P", "PA", "LA", "YCbCr", "CMYK"}
 _SIXTEEN_BIT = {"I;16", "I;16B", "I;16L", "I;16N"}
 
 
@@ -115,7 +142,7 @@ def image_mode_problem(img: Image.Image) -> str | None:
         if arr.min() < 0 or arr.max() > 65535:
             return "mode I (32-bit) with values outside 0..65535: no safe 8-bit conversion"
         return None
-    return f"mode {mode} is not supported (expected L, RGB, RGBA, P or 16-bit grayscale)"
+    return f"mode {mode} is not supported (expected L, RGB, RGBA, P, CMYK or 16-bit grayscale)"
 
 
 def to_rgb_array(img: Image.Image) -> np.ndarray:
@@ -274,34 +301,87 @@ def _resolve_files(rows, rel_csv, id_col, rel_dir, extensions, index, problems) 
     return out
 
 
+#: A function that decodes images and returns {path: why it does not decode} for the bad ones.
+ImageCheck = Callable[[list[Path], list[Path]], dict[Path, str]]
+
+
+def _check_one(path: Path) -> tuple[Path, str | None]:
+    return path, check_image(path)
+
+
+def decode_check(train_files: list[Path], test_files: list[Path], workers: int = -1, progress: bool = False) -> dict[Path, str]:
+    """Decode every image (in parallel processes) and return the ones that fail, with the reason."""
+    files = [*train_files, *test_files]
+    workers = min(os.cpu_count() or 1, 8) if workers < 0 else workers
+    bar = None
+    if progress and files:
+        from tqdm.auto import tqdm
+
+        bar = tqdm(total=len(files), desc="checking images", unit="img", leave=False)
+    bad: dict[Path, str] = {}
+    results: Iterable
+    if workers > 1 and len(files) > 16:
+        from concurrent.futures import ProcessPoolExecutor
+
+        ex = ProcessPoolExecutor(workers)
+        results = ex.map(_check_one, files, chunksize=16)
+    else:
+        ex, results = None, map(_check_one, files)
+    try:
+        for path, why in results:
+            if why:
+                bad[path] = why
+            if bar:
+                bar.update()
+    finally:
+        if ex is not None:
+            ex.shutdown()
+        if bar:
+            bar.close()
+    return bad
+
+
 def validate(
     root: str | Path,
     schema: Schema | None = None,
     n_folds: int = 5,
     check_images: bool = True,
-    known_good: Callable[[Path], bool] | None = None,
     progress: bool = False,
+    scope: str = "train",
+    image_check: ImageCheck | None = None,
 ) -> tuple[list[Problem], DataIndex | None]:
     """Check a data directory against ``schema``; return (problems, index-or-None).
 
-    ``known_good(path)`` may say an image decoded fine before (the cache knows), so it is not
-    decoded again.
+    Args:
+        scope: ``train`` checks everything; ``predict`` (runs that only predict) checks the test
+            side and reads train.csv only for the class list (not at all when the schema lists
+            the classes): no train image is listed or decoded.
+        image_check: decodes the images, ``(train files, test files) -> {file: reason}`` for the
+            bad ones. Default: :func:`decode_check`. Training passes the image cache's builder,
+            which decodes each image once for both the check and the cache and skips images
+            whose cache entries (keyed by path, size and mtime) exist.
     """
+    if scope not in ("train", "predict"):
+        raise ValueError(f"scope must be 'train' or 'predict', not {scope!r}")
     schema = schema or load_schema()
     root = Path(root)
     problems: list[Problem] = []
     if not root.is_dir():
         return [Problem(str(root), "data directory not found")], None
-    train_rows = _read_csv(root / schema.train_csv, schema.train_csv, schema.train_columns, problems)
+    training = scope == "train"
+    classes = list(schema.classes)
+    train_rows = None
+    if training or not classes:
+        train_rows = _read_csv(root / schema.train_csv, schema.train_csv, schema.train_columns, problems)
     sub_rows = _read_csv(root / schema.sample_submission, schema.sample_submission, schema.submission_columns, problems)
-    for d in (schema.train_dir, schema.test_dir):
+    for d in (schema.train_dir, schema.test_dir) if training else (schema.test_dir,):
         if not (root / d).is_dir():
             problems.append(Problem(d + "/", "image folder not found"))
 
-    classes = list(schema.classes)
     train_items: list[tuple[int, dict, Path]] = []
     if train_rows is not None:
-        train_rows = _check_ids(train_rows, schema.train_csv, schema.id_column, problems)
+        if training:
+            train_rows = _check_ids(train_rows, schema.train_csv, schema.id_column, problems)
         labelled = []
         for line, row in train_rows:
             if not row[schema.label_column]:
@@ -309,7 +389,7 @@ def validate(
             else:
                 labelled.append((line, row))
         if not classes:
-            classes = sorted({row[schema.label_column] for _, row in labelled})
+            classes = sort_classes(row[schema.label_column] for _, row in labelled)
         else:
             allowed = set(classes)
             kept = []
@@ -321,6 +401,7 @@ def validate(
                 else:
                     kept.append((line, row))
             labelled = kept
+    if training and train_rows is not None:
         index = _index_dir(root / schema.train_dir, schema.extensions)
         train_items = _resolve_files(labelled, schema.train_csv, schema.id_column, schema.train_dir, schema.extensions, index, problems)
         listed = {row[schema.id_column] for _, row in train_rows}
@@ -333,8 +414,8 @@ def validate(
                 problems.append(
                     Problem(schema.train_csv, f"class {c!r} has {counts.get(c, 0)} image(s), fewer than the {n_folds} folds")
                 )
-        if len(classes) < 2:
-            problems.append(Problem(schema.train_csv, f"need at least 2 classes, found {len(classes)}"))
+    if (train_rows is not None or schema.classes) and len(classes) < 2:
+        problems.append(Problem(schema.train_csv, f"need at least 2 classes, found {len(classes)}"))
 
     test_items: list[tuple[int, dict, Path]] = []
     if sub_rows is not None:
@@ -348,22 +429,14 @@ def validate(
                 problems.append(Problem(f"{schema.test_dir}/{p.name}", f"test image has no row in {schema.sample_submission}"))
 
     if check_images:
-        todo = [(schema.train_dir, p) for _, _, p in train_items] + [(schema.test_dir, p) for _, _, p in test_items]
-        if known_good is not None:
-            todo = [(d, p) for d, p in todo if not known_good(p)]
-        iterator: Iterable = todo
-        if progress and todo:
-            from tqdm.auto import tqdm
-
-            iterator = tqdm(todo, desc="checking images", unit="img", leave=False)
-        bad_files = set()
-        for d, p in iterator:
-            why = check_image(p)
-            if why:
-                problems.append(Problem(f"{d}/{p.name}", why))
-                bad_files.add(p)
-        train_items = [t for t in train_items if t[2] not in bad_files]
-        test_items = [t for t in test_items if t[2] not in bad_files]
+        train_files, test_files = [p for _, _, p in train_items], [p for _, _, p in test_items]
+        bad = image_check(train_files, test_files) if image_check else decode_check(train_files, test_files, progress=progress)
+        where = {p: schema.train_dir for p in train_files} | {p: schema.test_dir for p in test_files}
+        for p in [*train_files, *test_files]:
+            if p in bad:
+                problems.append(Problem(f"{where[p]}/{p.name}", bad[p]))
+        train_items = [t for t in train_items if t[2] not in bad]
+        test_items = [t for t in test_items if t[2] not in bad]
 
     if problems:
         return problems, None
@@ -380,9 +453,9 @@ def validate(
     )
 
 
-def require_valid(root, schema=None, n_folds=5, known_good=None, progress=True) -> DataIndex:
+def require_valid(root, schema=None, n_folds=5, progress=True, scope="train", image_check=None) -> DataIndex:
     """Validate or raise :class:`DataError` (what every training command does first)."""
-    problems, index = validate(root, schema, n_folds=n_folds, known_good=known_good, progress=progress)
+    problems, index = validate(root, schema, n_folds=n_folds, progress=progress, scope=scope, image_check=image_check)
     if problems or index is None:
         raise DataError(problems)
     return index

@@ -13,7 +13,7 @@ import numpy as np
 import pandas as pd
 
 from .io import atomic_write_json
-from .schema import Schema
+from .schema import Schema, submission_values
 
 
 class SubmissionError(ValueError):
@@ -24,14 +24,35 @@ class SubmissionError(ValueError):
         super().__init__("invalid submission:\n  " + "\n  ".join(problems))
 
 
-def build_submission(ids: Sequence[str], probs: np.ndarray, classes: Sequence[str], schema: Schema) -> pd.DataFrame:
-    """sample_submission's columns and id order, labels as class names or indices as the schema says."""
+def _read_sample(sample: str | Path) -> pd.DataFrame:
+    return pd.read_csv(sample, dtype=str, keep_default_na=False)
+
+
+def build_submission(ids: Sequence[str], probs: np.ndarray, classes: Sequence[str], schema: Schema,
+                     sample: str | Path | pd.DataFrame | None = None) -> pd.DataFrame:
+    """sample_submission's columns and id order; the label as :func:`sonokit.schema.submission_values` says.
+
+    Columns between the id and the label (a schema with more than two ``submission_columns``)
+    keep sample_submission's values, so ``sample`` is required for such a schema.
+    """
     pred = probs.argmax(1)
-    labels = [classes[i] for i in pred] if schema.submission_label == "name" else [int(i) for i in pred]
+    values = submission_values(list(classes), schema)
     id_col, label_col = schema.submission_columns[0], schema.submission_label_column
-    df = pd.DataFrame({id_col: list(ids), label_col: labels})
-    for c in schema.submission_columns[1:-1]:  # extra columns keep sample_submission's values
-        df[c] = None
+    df = pd.DataFrame({id_col: list(ids), label_col: [values[i] for i in pred]})
+    extra = schema.submission_columns[1:-1]
+    if extra:
+        if sample is None:
+            raise ValueError(f"submission columns {extra} come from sample_submission: pass sample=")
+        ref = sample if isinstance(sample, pd.DataFrame) else _read_sample(sample)
+        missing = [c for c in extra if c not in ref.columns]
+        if missing:
+            raise ValueError(f"sample_submission has no column(s) {missing}")
+        kept = ref.drop_duplicates(id_col).set_index(id_col)
+        unknown = [i for i in ids if i not in kept.index]
+        if unknown:
+            raise ValueError(f"{len(unknown)} id(s) are not in sample_submission (e.g. {unknown[:5]})")
+        for c in extra:
+            df[c] = kept.loc[list(ids), c].to_numpy()
     return df[schema.submission_columns]
 
 
@@ -42,14 +63,14 @@ def validate_submission(path: str | Path, sample: str | Path, classes: Sequence[
         sub = pd.read_csv(path, dtype=str, keep_default_na=False, na_values=[""])
     except Exception as e:  # noqa: BLE001 - any unreadable file is one problem line
         return [f"cannot read {path}: {e}"]
-    ref = pd.read_csv(sample, dtype=str, keep_default_na=False)
+    ref = _read_sample(sample)
     if list(sub.columns) != list(ref.columns):
         problems.append(f"header {list(sub.columns)} differs from sample_submission's {list(ref.columns)}")
         return problems
     id_col, label_col = schema.submission_columns[0], schema.submission_label_column
-    if sub.isna().any().any():
-        bad = sub[sub.isna().any(axis=1)][id_col].tolist()[:5]
-        problems.append(f"{int(sub.isna().any(axis=1).sum())} row(s) with empty/NaN values (e.g. {bad})")
+    empty = sub[[id_col, label_col]].isna().any(axis=1)
+    if empty.any():
+        problems.append(f"{int(empty.sum())} row(s) with an empty/NaN id or label (e.g. {sub[empty][id_col].tolist()[:5]})")
     if sub[id_col].duplicated().any():
         problems.append(f"duplicate ids: {sub[id_col][sub[id_col].duplicated()].tolist()[:5]}")
     got, want = set(sub[id_col]), set(ref[id_col])
@@ -61,7 +82,12 @@ def validate_submission(path: str | Path, sample: str | Path, classes: Sequence[
             problems.append(f"{len(extra)} id(s) not in sample_submission (e.g. {extra[:5]})")
     elif list(sub[id_col]) != list(ref[id_col]):
         problems.append("ids are not in sample_submission's order")
-    allowed = set(classes) if schema.submission_label == "name" else {str(i) for i in range(len(classes))}
+    else:
+        for c in schema.submission_columns[1:-1]:  # extra columns carry sample_submission's values
+            changed = (sub[c].fillna("") != ref[c]).to_numpy()
+            if changed.any():
+                problems.append(f"column {c!r} differs from sample_submission's in {int(changed.sum())} row(s)")
+    allowed = set(submission_values(list(classes), schema))
     bad_labels = sorted(set(sub[label_col].dropna()) - allowed)
     if bad_labels:
         problems.append(f"label(s) not in the class list: {bad_labels[:5]} (allowed: {sorted(allowed)})")

@@ -178,7 +178,7 @@ def run_point(point: Point, grid: Grid, sweep_dir: Path, data: str, config_files
         unknown = [s for s in grid.stages if s not in runners]
         if unknown:
             raise ConfigError(f"unknown stage(s) {unknown} in the grid; choose from {sorted(runners)}")
-        ctx = make_context(cfg, resume=True, progress=False)
+        ctx = make_context(cfg, resume=True, progress=False, stages=grid.stages)
         for stage in grid.stages:
             summary = runners[stage](ctx)
             rec[f"{stage}_cv"] = summary.get("overall")

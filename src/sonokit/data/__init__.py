@@ -10,7 +10,7 @@ from ..config import Config
 from ..constants import IMAGENET_MEAN, IMAGENET_STD
 from ..paths import default_cache_dir, resolve_data_dir
 from ..schema import DataIndex, load_schema, require_valid
-from .cache import ImageCache
+from .cache import ImageCache, build_caches
 from .dataset import ImageDataset, create_loader, default_workers, make_folds, set_epoch, write_folds
 from .transforms import eval_transform, train_transform
 
@@ -31,16 +31,21 @@ __all__ = [
 
 @dataclass
 class PreparedData:
-    """A validated data directory with its cache entries, folds and normalisation."""
+    """A validated data directory with its cache entries, folds and normalisation.
+
+    A ``predict``-scope preparation (runs that only predict) has no train entries, no folds
+    and no mean/std: every member carries its own normalisation in its checkpoint.
+    """
 
     cfg: Config
     index: DataIndex
     train_crop_entries: list[Path]  # train images at resize_size (random crops come from these)
     train_eval_entries: list[Path]  # train images at image_size (validation)
     test_entries: list[Path]  # test images at image_size
-    folds: pd.DataFrame
-    mean: tuple[float, ...]
-    std: tuple[float, ...]
+    folds: pd.DataFrame | None
+    mean: tuple[float, ...] | None
+    std: tuple[float, ...] | None
+    scope: str = "train"
 
     @property
     def classes(self) -> list[str]:
@@ -51,6 +56,8 @@ class PreparedData:
         return len(self.index.classes)
 
     def fold_indices(self, fold: int):
+        if self.folds is None:
+            raise RuntimeError("the data was prepared for prediction only: no folds (prepare with scope='train')")
         f = self.folds["fold"].to_numpy()
         if fold < 0 or fold >= int(f.max()) + 1:
             raise ValueError(f"fold {fold} out of range 0..{int(f.max())}")
@@ -83,27 +90,49 @@ class PreparedData:
         return ImageDataset(entries, None, eval_transform(size, extra), seed=seed)
 
 
-def prepare_data(cfg: Config, progress: bool = True) -> PreparedData:
-    """Validate ``cfg.data.root``, build the caches, the folds and mean/std (nothing else written).
+SCOPES = ("train", "predict")
+
+
+def prepare_data(cfg: Config, progress: bool = True, scope: str = "train") -> PreparedData:
+    """Validate ``cfg.data.root`` and build what the run needs (nothing else is written).
+
+    ``scope="train"``: every image is decoded once, for the validation and the caches at
+    once (train images at resize_size and image_size, test images at image_size), then the
+    folds and the train-set mean/std. Images whose entries exist (same path, size, mtime) are
+    not decoded again. ``scope="predict"``: the test images and the class list only; train.csv
+    is read for its labels (not even that when the schema lists the classes).
 
     Raises :class:`sonokit.schema.DataError` listing every problem when the data is invalid.
     """
+    if scope not in SCOPES:
+        raise ValueError(f"scope must be one of {SCOPES}, not {scope!r}")
     d = cfg.data
     root = resolve_data_dir(d.root)
     schema = load_schema(d.schema)
     cache_root = Path(d.cache_dir) if d.cache_dir else default_cache_dir()
     crop_cache = ImageCache(cache_root, d.resize_size, d.interpolation)
     eval_cache = ImageCache(cache_root, d.image_size, d.interpolation)
-    index = require_valid(root, schema, n_folds=d.folds, known_good=eval_cache.has, progress=progress)
     workers = default_workers(d.num_workers)
-    crop_entries = crop_cache.build(index.train_files, workers=workers, progress=progress)
-    train_eval = eval_cache.build(index.train_files, workers=workers, progress=progress)
-    test_entries = eval_cache.build(index.test_files, workers=workers, progress=progress)
+    built: dict[str, list[list[Path]]] = {}
+
+    def check_and_cache(train_files: list[Path], test_files: list[Path]) -> dict[Path, str]:
+        bad: dict[Path, str] = {}
+        for name, files, caches in (("train", train_files, [crop_cache, eval_cache]), ("test", test_files, [eval_cache])):
+            entries, errors = build_caches(files, caches, workers, progress, desc=f"{name} images: checking + caching")
+            built[name] = entries
+            bad.update({Path(k): v for k, v in errors.items()})
+        return bad
+
+    index = require_valid(root, schema, n_folds=d.folds, progress=progress, scope=scope, image_check=check_and_cache)
+    # valid data: the index holds exactly the files that were checked, in the same order
+    (crop_entries, train_eval), (test_entries,) = built["train"], built["test"]
+    if scope == "predict":
+        return PreparedData(cfg, index, [], [], test_entries, None, None, None, scope)
     folds = make_folds(index.train_ids, index.train_labels, d.folds, d.seed)
     if d.normalize == "imagenet":
         mean, std = IMAGENET_MEAN, IMAGENET_STD
     elif d.normalize == "dataset":
-        mean, std = crop_cache.mean_std(crop_entries)
+        mean, std = crop_cache.mean_std(crop_entries, progress=progress)
     else:
         raise ValueError(f"data.normalize must be 'dataset' or 'imagenet', not {d.normalize!r}")
-    return PreparedData(cfg, index, crop_entries, train_eval, test_entries, folds, tuple(mean), tuple(std))
+    return PreparedData(cfg, index, crop_entries, train_eval, test_entries, folds, tuple(mean), tuple(std), scope)

@@ -68,23 +68,41 @@ class Context:
         )
 
 
-def make_context(cfg: Config, resume: bool = False, progress: bool = True) -> Context:
-    """Resolve device and DDP, the run directory (config saved there), and the validated data."""
+#: Stages that train, and so need the train images, folds and mean/std; the others only predict.
+TRAINING_STAGES = ("teacher", "student", "hrank")
+
+
+def data_scope(stages) -> str:
+    """``train`` when any of ``stages`` trains, else ``predict`` (test images and the class list only)."""
+    return "train" if stages is None or any(s in TRAINING_STAGES for s in stages) else "predict"
+
+
+def make_context(cfg: Config, resume: bool = False, progress: bool = True, stages=None) -> Context:
+    """Resolve device and DDP, the run directory (config saved there), and the validated data.
+
+    ``stages``: the stages this run will execute (None: all); a run of prediction stages only
+    prepares the test images. Under DDP, local rank 0 of each machine prepares the data (with
+    its progress bars) while the other ranks wait without the short collective timeout, however
+    long preparation takes; then they read what it cached.
+    """
     env = dist_utils.env_from_vars()
     device = dist_utils.resolve_device(cfg.run.device, env.local_rank)
     if device.type == "cuda":
         torch.cuda.set_device(device)
-    env = dist_utils.init_distributed(device)
+    env = dist_utils.init_distributed(device, cfg.run.collective_timeout_s, cfg.run.wait_timeout_s)
+    scope = data_scope(stages)
     run_dir = resolve_run_dir(cfg.run.name, cfg.run.out_dir)
+    prep = None
+    if env.local_rank == 0:
+        prep = prepare_data(cfg, progress=progress and env.is_main, scope=scope)  # validates first: nothing written for bad data
     if env.is_main:
-        prep = prepare_data(cfg, progress=progress)  # validates first: nothing is written for bad data
         run_dir.mkdir(parents=True, exist_ok=True)
         save_config(cfg, run_dir)
-        write_folds(prep.folds, run_dir / FOLDS_FILENAME)
-        dist_utils.barrier()
-    else:
-        dist_utils.barrier()  # rank 0 has built the cache; the others only read it
-        prep = prepare_data(cfg, progress=False)
+        if prep.folds is not None:
+            write_folds(prep.folds, run_dir / FOLDS_FILENAME)
+    dist_utils.wait_for_peers()
+    if prep is None:  # the machine's local rank 0 has validated and cached: this only reads
+        prep = prepare_data(cfg, progress=False, scope=scope)
     return Context(cfg, run_dir, prep, device, env, resume)
 
 

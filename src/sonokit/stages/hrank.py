@@ -66,10 +66,10 @@ def run_hrank(ctx: Context) -> dict:
             report["ranks"] = save_rank_figures(ranks[layer], targets, ctx.prep.classes, fold_dir, layer)
         else:  # pragma: no cover - DDP: every rank needs the same ranks; rank 0's are broadcast
             ranks = None
-        if ctx.env.enabled:
+        if ctx.env.enabled:  # rank 0's ranks, however long they took (the others wait patiently)
             from .. import distributed as dist_utils
 
-            ranks = dist_utils.all_gather_objects(ranks)[0]
+            ranks = dist_utils.all_gather_objects(ranks, patient=True)[0]
         mean_ranks = {k: v.mean(0) for k, v in ranks.items()}
         meta_extra = {}
         if hcfg.mode == "reinit":

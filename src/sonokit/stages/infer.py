@@ -80,8 +80,8 @@ def predict_views(model: torch.nn.Module, meta: dict, ctx: Context, views: list[
     out = []
     for view in views:
         ds = ctx.prep.test_dataset(tta_view(view, ctx.cfg.aug), seed=ctx.cfg.run.seed, size=int(meta.get("image_size", 0)) or None)
-        loader = create_loader(ds, ctx.cfg.infer.batch_size, train=False, device=device, mean=meta.get("mean", ctx.prep.mean),
-                               std=meta.get("std", ctx.prep.std), num_workers=ctx.cfg.data.num_workers)
+        loader = create_loader(ds, ctx.cfg.infer.batch_size, train=False, device=device, mean=meta["mean"], std=meta["std"],
+                               num_workers=ctx.cfg.data.num_workers)
         logits = []
         for x, _ in loader:
             with autocast(device, amp):
@@ -111,6 +111,8 @@ def run_infer(ctx: Context) -> dict:
         model, meta = load_checkpoint_model(path, ctx.device)
         if meta.get("classes") != ctx.prep.classes:
             raise ValueError(f"{path} predicts classes {meta.get('classes')}, the data has {ctx.prep.classes}")
+        if "mean" not in meta or "std" not in meta:
+            raise ValueError(f"{path} has no mean/std in its meta: not a sonokit checkpoint?")
         member_probs.append(predict_views(model, meta, ctx, views))
         member_info.append({"path": str(path), "sha256": sha256_file(path), "model": meta.get("model"), "stage": meta.get("stage"),
                             "fold": meta.get("fold"), "image_size": meta.get("image_size"), "val_loss": meta.get("val_loss")})
@@ -124,9 +126,10 @@ def run_infer(ctx: Context) -> dict:
     with atomic_path(out_dir / "probs.csv") as tmp:
         dfp.to_csv(tmp, index=False)
     sub_path = ctx.run_dir / "submission.csv"
+    sample = ctx.prep.index.root / schema.sample_submission
     with atomic_path(sub_path) as tmp:
-        build_submission(ids, probs, classes, schema).to_csv(tmp, index=False)
-    require_valid_submission(sub_path, ctx.prep.index.root / schema.sample_submission, classes, schema)
+        build_submission(ids, probs, classes, schema, sample=sample).to_csv(tmp, index=False)
+    require_valid_submission(sub_path, sample, classes, schema)
     summary = {"members": member_info, "weights": weights, "tta_views": views, "n_test": len(ids), "submission": str(sub_path)}
     solution = ctx.prep.index.root / "solution.csv"  # the demo data's hidden labels
     if solution.is_file():
