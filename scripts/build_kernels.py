@@ -1,13 +1,15 @@
 #!/usr/bin/env python
 """Build the Kaggle notebooks (kernels/<stage>/) from src/: teacher, student, hrank, inference.
 
-  python scripts/build_kernels.py [--competition SLUG --owner USER --weights-dataset OWNER/SLUG]
+  python scripts/build_kernels.py [--competition SLUG --owner USER --assets-dataset OWNER/SLUG]
   python scripts/build_kernels.py --check        # exit 1 when kernels/ is stale (CI runs this)
 
 Each notebook embeds the sonokit source, so it needs no pip install and no internet. The student
 kernel reads the teacher kernel's output (kernel_sources), hrank reads both, inference reads
-hrank's; the competition data comes through competition_sources, weights through a dataset
-made by scripts/export_weights.py. Two builds give identical bytes; the arguments of the last
+hrank's; the competition data comes through competition_sources, ImageNet weights and the wheels
+of packages Kaggle's image lacks through the assets dataset made by scripts/export_assets.py
+(each notebook's first cell checks its packages and installs from it, offline). Two builds give
+identical bytes; the arguments of the last
 build are kept in kernels/build.json, so --check rebuilds with the same ones.
 Then: python scripts/push_kernels.py (or kaggle kernels push -p kernels/<stage>).
 """
@@ -26,7 +28,8 @@ def main(argv=None) -> int:
     ap.add_argument("--out", default=str(ROOT / "kernels"))
     ap.add_argument("--competition", default=None, help="competition slug (default: kernels/build.json's, else 'your-competition')")
     ap.add_argument("--owner", default=None, help="your Kaggle user name (default: build.json's, else 'your-kaggle-user')")
-    ap.add_argument("--weights-dataset", default=None, help="OWNER/SLUG of the weights dataset (default: <owner>/sonokit-weights)")
+    ap.add_argument("--assets-dataset", default=None,
+                    help="OWNER/SLUG of the assets dataset (weights + wheels; default: <owner>/sonokit-assets; '' for none)")
     ap.add_argument("--check", action="store_true", help="compare with kernels/ instead of writing; exit 1 when stale")
     a = ap.parse_args(argv)
     from sonokit.io import atomic_write_bytes
@@ -36,11 +39,16 @@ def main(argv=None) -> int:
     prev = json.loads((out / "build.json").read_text()) if (out / "build.json").is_file() else {}
     owner = a.owner or prev.get("owner") or "your-kaggle-user"
     competition = a.competition or prev.get("competition") or "your-competition"
-    weights = a.weights_dataset or (prev.get("weights_dataset") if not a.owner else None) or f"{owner}/sonokit-weights"
+    if a.assets_dataset is not None:
+        assets = a.assets_dataset
+    elif not a.owner and "assets_dataset" in prev:
+        assets = prev["assets_dataset"]
+    else:
+        assets = f"{owner}/sonokit-assets"
     if "/" in competition or not owner or "/" in owner:
         print("error: --competition is a bare slug and --owner a user name", file=sys.stderr)
         return 2
-    files = build_all(competition, owner, weights)
+    files = build_all(competition, owner, assets)
     if a.check:
         stale = [name for name, data in files.items() if not (out / name).is_file() or (out / name).read_bytes() != data]
         extra = [str(p.relative_to(out)) for p in out.rglob("*") if p.is_file() and p.name != "README.md"

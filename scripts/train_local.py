@@ -143,12 +143,13 @@ def main(argv=None) -> int:
             extra.append(f"student.kd.enabled={'true' if a.kd == 'on' else 'false'}")
         cfg = config_from_args(a, extra)
         from sonokit import stages as st
+        from sonokit.deps import require
 
+        require(st.requirements(cfg, stages))  # names each missing or too old package before any work
         ctx = st.make_context(cfg, resume=a.resume, stages=stages)
-        runners = {"teacher": st.run_teacher, "student": st.run_student, "hrank": st.run_hrank, "infer": st.run_infer,
-                   "flops": st.run_flops, "package": lambda c: st.run_package(c, message=a.message)}
         for stage in [s for s in STAGES if s in stages]:
-            result = runners[stage](ctx)
+            run = st.runner(stage)
+            result = run(ctx, message=a.message) if stage == "package" else run(ctx)
             if ctx.main:
                 print(stage_line(stage, result, ctx.run_dir), flush=True)
         if ctx.main:

@@ -1,7 +1,7 @@
-"""A fake Kaggle API server on 127.0.0.1 for driving the real kaggle CLI offline.
+"""A fake Kaggle API server on 127.0.0.1 for driving the real kaggle package (CLI and Python API) offline.
 
-The CLI is pointed at it through a sitecustomize.py (written by :func:`cli_env`) that sets
-kagglesdk's LOCAL endpoint to this server, plus KAGGLE_API_ENVIRONMENT=LOCALHOST; the CLI
+The client is pointed at it through a sitecustomize.py (written by :func:`cli_env`) that sets
+kagglesdk's LOCAL endpoint to this server, plus KAGGLE_API_ENVIRONMENT=LOCALHOST; the client
 itself is the unmodified installed one (../shared/facts/kaggle-cli.md).
 """
 from __future__ import annotations
@@ -22,10 +22,16 @@ if _ep:
 
 
 class FakeKaggle:
-    """mode: ok | http400 | error_exit0 (the server answers with an error the CLI prints and exits 0)."""
+    """mode: ok | http400 | error_exit0 (the server answers with an error the CLI prints and exits 0)
+    | invalid_sources (a push is saved, but its dataset and kernel sources are rejected)
+    | score_error (the submission is accepted, then fails to score).
 
-    def __init__(self, mode: str = "ok"):
+    GetSubmission answers PENDING ``pending_polls`` times, then COMPLETE with ``public_score``."""
+
+    def __init__(self, mode: str = "ok", pending_polls: int = 2, public_score: str = "0.87654"):
         self.mode = mode
+        self.pending_polls = pending_polls
+        self.public_score = public_score
         self.requests: list[tuple[str, str, bytes]] = []
         self.uploads: dict[str, bytes] = {}
         fake = self
@@ -67,11 +73,24 @@ class FakeKaggle:
                     return self._json(200, {"message": "Successfully submitted to fake-comp", "ref": 4242})
                 if method == "GetSubmissionLimits":
                     return self._json(200, {"numAllowedNow": 4})
+                if method == "GetSubmission":
+                    ref = json.loads(body or b"{}").get("ref")
+                    polls = len(fake.calls("GetSubmission"))
+                    if polls <= fake.pending_polls:
+                        return self._json(200, {"ref": ref, "status": "PENDING"})
+                    if fake.mode == "score_error":
+                        return self._json(200, {"ref": ref, "status": "ERROR", "errorDescription": "Submission must have 3 rows"})
+                    return self._json(200, {"ref": ref, "status": "COMPLETE", "publicScore": fake.public_score})
                 if method == "SaveKernel":
                     if fake.mode == "error_exit0":
                         return self._json(200, {"error": "Notebook not found or slug taken"})
-                    slug = json.loads(body or b"{}").get("slug", "me/x")
-                    return self._json(200, {"ref": f"/code/{slug}", "url": f"https://www.kaggle.com/code/{slug}", "versionNumber": 1})
+                    req = json.loads(body or b"{}")
+                    slug = req.get("slug", "me/x")
+                    ans = {"ref": f"/code/{slug}", "url": f"https://www.kaggle.com/code/{slug}", "versionNumber": 3}
+                    if fake.mode == "invalid_sources":
+                        ans["invalidDatasetSources"] = req.get("datasetDataSources", [])
+                        ans["invalidKernelSources"] = req.get("kernelDataSources", [])
+                    return self._json(200, ans)
                 return self._json(404, {"code": 404, "message": f"no fake for {method}"})
 
         self.server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)

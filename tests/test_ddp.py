@@ -13,7 +13,7 @@ import pandas as pd
 import pytest
 import torch
 
-from conftest import make_tiny_data
+from conftest import NO_WEIGHTS, make_tiny_data
 from sonokit.io import torch_load_safe
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -22,7 +22,7 @@ TRAIN = ROOT / "scripts" / "train_local.py"
 # test_nfnet has no BatchNorm, so two processes with half batches compute exactly what one does
 COMMON = ["--stages", "teacher", "--gpus", "0", "--folds", "0", "--set", "teacher.model.name=test_nfnet", "--set", "teacher.model.in_chans=3",
           "--set", "teacher.train.epochs=2", "--set", "teacher.train.batch_size=4", "--set", "data.image_size=32",
-          "--set", "data.resize_size=36", "--set", "data.folds=2", "--set", "data.num_workers=0", "--set", "run.name=d"]
+          "--set", "data.resize_size=36", "--set", "data.folds=2", "--set", "data.num_workers=0", "--set", "run.name=d", *NO_WEIGHTS]
 
 
 def train(data, out, *extra, env=None, timeout=600):

@@ -87,6 +87,7 @@ def test_verify_flops_from_checkpoint(tmp_path):
 GRID = """
 base:
   student.kd.enabled: false
+  student.model.weights: none
   student.train.epochs: 1
   student.train.batch_size: 8
   data.folds: 2

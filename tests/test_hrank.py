@@ -11,6 +11,7 @@ import pytest
 import torch
 import torch.nn as nn
 
+from conftest import NO_WEIGHTS
 from sonokit.engine import load_best
 from sonokit.flops import true_gflops
 from sonokit.hrank import (
@@ -18,7 +19,6 @@ from sonokit.hrank import (
     channel_ranks,
     collect_ranks,
     lowest_rank_filters,
-    prune,
     reinit_filters,
     resolve_layer,
     save_rank_figures,
@@ -27,6 +27,7 @@ from sonokit.hrank import (
 )
 from sonokit.io import torch_load_safe
 from sonokit.models import create_model
+from sonokit.pruning import prune
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -162,7 +163,7 @@ def test_hrank_stage_prune_then_infer(demo_data, tmp_path):
             "--set", "data.resize_size=40", "--set", "data.folds=2", "--set", "data.num_workers=0",
             "--set", "teacher.model.name=efficientnet-b0", "--set", "teacher.train.epochs=1", "--set", "teacher.train.batch_size=8",
             "--set", "student.train.epochs=1", "--set", "student.train.batch_size=8", "--set", "hrank.train.epochs=1",
-            "--set", "hrank.train.batch_size=8", "--set", "hrank.rank_batches=2", "--set", "infer.stage=hrank"]
+            "--set", "hrank.train.batch_size=8", "--set", "hrank.rank_batches=2", "--set", "infer.stage=hrank", *NO_WEIGHTS]
     r = subprocess.run([sys.executable, str(ROOT / "scripts" / "train_local.py"), "--stages", "teacher,student,hrank,infer",
                         "--hrank-mode", "prune", "--hrank-ratio", "0.25", *args], capture_output=True, text=True, timeout=900)
     assert r.returncode == 0, r.stderr[-3000:]

@@ -15,7 +15,7 @@ import torch
 import torch.nn as nn
 from kaggle_fake import FakeKaggle, cli_env
 
-from conftest import make_tiny_data
+from conftest import NO_WEIGHTS, NO_WEIGHTS_OVERRIDES, make_tiny_data
 from sonokit.config import load_config, save_config
 from sonokit.models import create_model
 from sonokit.schema import load_schema, validate
@@ -37,7 +37,7 @@ TRAIN = ROOT / "scripts" / "train_local.py"
 
 def tiny_cfg(data, tmp_path, *more):
     return load_config(overrides=[f"data.root={data}", f"run.out_dir={tmp_path / 'runs'}", "run.name=r", "data.folds=2",
-                                  "data.image_size=16", "data.resize_size=20", "data.num_workers=0", "run.device=cpu", *more])
+                                  "data.image_size=16", "data.resize_size=20", "data.num_workers=0", "run.device=cpu", *NO_WEIGHTS_OVERRIDES, *more])
 
 
 class Constant(nn.Module):
@@ -241,13 +241,13 @@ def test_package_refuses_changed_member(run_dir, tmp_path):
 @pytest.mark.parametrize(
     "mode,credentials,rc,text",
     [
-        ("ok", True, 0, "Successfully submitted to fake-comp"),
-        ("http400", True, 1, "You must accept this competition's rules"),
-        ("error_exit0", True, 1, "exit 0, but it printed an error"),
+        ("ok", True, 0, "submitted: ref 4242: Successfully submitted to fake-comp"),
+        ("http400", True, 1, "(HTTP 400): You must accept this competition's rules"),
+        ("error_exit0", True, 1, "failed: Submission error: file could not be parsed"),
         ("ok", False, 1, "no Kaggle credentials"),
     ],
 )
-def test_submit_with_the_real_kaggle_cli(run_dir, tmp_path, mode, credentials, rc, text):
+def test_submit_through_the_kaggle_api(run_dir, tmp_path, mode, credentials, rc, text):
     out = tmp_path / "subs"
     with FakeKaggle(mode) as fk:
         env = cli_env(tmp_path, fk.endpoint, credentials=credentials)
@@ -255,22 +255,38 @@ def test_submit_with_the_real_kaggle_cli(run_dir, tmp_path, mode, credentials, r
     assert r.returncode == rc, r.stdout + r.stderr
     assert text in r.stdout + r.stderr
     csv = next(out.glob("*.csv"))
+    man = json.loads(csv.with_suffix(".json").read_text())
     if mode == "ok" and credentials:
         start = fk.calls("StartSubmissionUpload")[0]
         assert start["competitionName"] == "fake-comp" and start["fileName"] == csv.name
         assert fk.uploads["/upload/tok-1"] == csv.read_bytes()
         assert fk.calls("CreateSubmission")[0]["submissionDescription"] == "via fake"
-        man = json.loads(csv.with_suffix(".json").read_text())
-        assert "Submission ref: 4242" in man["submitted"]["cli_output"]
-    if mode == "error_exit0":
-        assert "Submission error: file could not be parsed" in r.stderr
+        assert man["submitted"]["ref"] == 4242 and not fk.calls("GetSubmission")  # no --wait: no polling
+    else:
+        assert "submitted" not in man
+
+
+@pytest.mark.parametrize("mode,rc,status,text", [("ok", 0, "COMPLETE", "scored: public score 0.87654"),
+                                                ("score_error", 1, "ERROR", "failed to score: Submission must have 3 rows")])
+def test_submit_wait_polls_until_scored(run_dir, tmp_path, mode, rc, status, text):
+    out = tmp_path / "subs"
+    with FakeKaggle(mode, pending_polls=2) as fk:
+        env = cli_env(tmp_path, fk.endpoint)
+        r = package_cli(run_dir, out, "--submit", "--wait", "60", "--poll", "0.05", env=env)
+    assert r.returncode == rc, r.stdout + r.stderr
+    assert text in r.stdout + r.stderr and r.stdout.count("submission 4242: pending") == 2
+    assert [c["ref"] for c in fk.calls("GetSubmission")] == [4242] * 3
+    man = json.loads(next(out.glob("*.json")).read_text())
+    assert man["submitted"]["ref"] == 4242 and man["submitted"]["status"] == status
+    if mode == "ok":
+        assert man["submitted"]["public_score"] == "0.87654"
 
 
 @pytest.mark.slow
 def test_infer_stage_end_to_end(demo_data, tmp_path):
     args = ["--data", str(demo_data), "--gpus", "0", "--name", "e", "--set", f"run.out_dir={tmp_path}", "--set", "data.image_size=32",
             "--set", "data.resize_size=40", "--set", "data.folds=2", "--set", "data.num_workers=0", "--set", "student.train.epochs=1",
-            "--set", "student.train.batch_size=8", "--kd", "off"]
+            "--set", "student.train.batch_size=8", "--kd", "off", *NO_WEIGHTS]
     r = subprocess.run([sys.executable, str(TRAIN), "--stages", "student,infer,flops", *args], capture_output=True, text=True, timeout=900)
     assert r.returncode == 0, r.stderr[-3000:]
     run = tmp_path / "e"

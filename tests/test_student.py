@@ -13,6 +13,7 @@ import pytest
 import torch
 import torch.nn as nn
 
+from conftest import NO_WEIGHTS
 from sonokit.config import KDConfig, MixConfig
 from sonokit.mixing import BatchMixing, create_mixing
 from sonokit.report import save_confusion
@@ -140,7 +141,7 @@ def run_train(*args):
 
 TINY = ["--set", "data.image_size=32", "--set", "data.resize_size=40", "--set", "data.folds=2", "--set", "data.num_workers=0",
         "--set", "teacher.model.name=efficientnet-b0", "--set", "teacher.train.epochs=1", "--set", "teacher.train.batch_size=8",
-        "--set", "student.train.epochs=2", "--set", "student.train.batch_size=7"]
+        "--set", "student.train.epochs=2", "--set", "student.train.batch_size=7", *NO_WEIGHTS]
 
 
 @pytest.mark.slow

@@ -9,11 +9,12 @@ from pathlib import Path
 import pandas as pd
 import pytest
 
+from conftest import NO_WEIGHTS
 from sonokit.engine import load_best
 
 ROOT = Path(__file__).resolve().parents[1]
 TRAIN = ROOT / "scripts" / "train_local.py"
-TINY = ["--set", "data.image_size=32", "--set", "data.resize_size=40", "--set", "data.folds=2", "--set", "data.num_workers=0"]
+TINY = ["--set", "data.image_size=32", "--set", "data.resize_size=40", "--set", "data.folds=2", "--set", "data.num_workers=0", *NO_WEIGHTS]
 
 
 def train(*args, env=None):

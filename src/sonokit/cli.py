@@ -8,6 +8,7 @@ from typing import Callable
 
 from .config import Config, ConfigError, load_config
 from .constants import EXIT_BAD_INPUT
+from .deps import MissingDependencies
 from .schema import DataError, SchemaError
 
 
@@ -48,7 +49,7 @@ def run_main(fn: Callable[[], int]) -> int:
             print(p, file=sys.stderr)
         print(f"error: {len(e.problems)} problem(s) in the input data (run scripts/check_data.py for the list)", file=sys.stderr)
         return EXIT_BAD_INPUT
-    except (ConfigError, SchemaError, FileNotFoundError, ValueError) as e:
+    except (ConfigError, SchemaError, FileNotFoundError, ValueError, MissingDependencies) as e:
         print(f"error: {e}", file=sys.stderr)
         return EXIT_BAD_INPUT
     except KeyboardInterrupt:

@@ -80,7 +80,7 @@ class TrainConfig:
 class ModelConfig:
     name: str = DEFAULT_STUDENT
     in_chans: int = 1
-    weights: str = ""  # "" random init, a local file, or "imagenet" (downloads; internet only)
+    weights: str = "imagenet"  # imagenet (found offline: run.assets, else timm's / torch hub's cache), none (from scratch), or a file
     drop_rate: float = 0.0
 
 
@@ -138,6 +138,7 @@ class RunConfig:
     out_dir: str = ""  # "" = the path resolver's default (./runs locally, /kaggle/working on Kaggle)
     folds: str = "all"  # which folds to train: "all" or a comma list such as "0,2"
     competition: str = ""  # Kaggle competition slug (submissions, kernels)
+    assets: str = ""  # assets folder of scripts/export_assets.py (ImageNet weights, wheels); on Kaggle its dataset owner/slug
     seed: int = 42
     device: str = "auto"  # auto, cpu, cuda, cuda:N
     collective_timeout_s: float = 60.0  # DDP: a training collective waiting longer than this ends the run (a dead or hung peer)

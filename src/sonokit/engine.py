@@ -112,6 +112,15 @@ def load_best(path: str | Path) -> dict[str, Any]:
     return torch_load_safe(path)
 
 
+def train_mode(task: nn.Module) -> None:
+    """Training mode for the trained module only: a frozen teacher (and anything else the task
+    holds) stays in eval mode, whatever the installed timm's ``task.train()`` does (timm < 1.0.31
+    put the teacher in training mode: its BatchNorm statistics drifted on mixed batches and its
+    dropout was on during KD)."""
+    task.eval()
+    task.trainable_module.train()
+
+
 def _clip_parameters(task: nn.Module, exclude_head: bool):
     if hasattr(task, "get_clip_parameters"):
         return list(task.get_clip_parameters(exclude_head=exclude_head))
@@ -271,7 +280,7 @@ def fit(
     epoch = state["epoch"] + 1
     while not state["done"] and epoch < cfg.epochs:
         set_epoch(train_loader, epoch)
-        task.train()
+        train_mode(task)
         t0 = time.perf_counter()
         loss_sum, seen = 0.0, 0
         n_batches = len(train_loader) if not cfg.max_batches else min(cfg.max_batches, len(train_loader))

@@ -1,10 +1,15 @@
 """Build single-file Kaggle notebooks from src/: deterministic bytes, sonokit embedded inside.
 
 The sonokit source (and the default input schema) is embedded as a base64 gzip tar: the
-notebook stays small and one cell long, the bytes are reproducible (sorted members, zeroed
-times and owners, gzip mtime 0), and its sha256 identifies the code. The readable source is in
-the repository at the commit named in the first cell. At run time the archive is unpacked to a
-temp directory and put first on sys.path: no pip install, no internet.
+notebook stays small, the bytes are reproducible (sorted members, zeroed times and owners,
+gzip mtime 0), and its sha256 identifies the code. The readable source is in the repository at
+the commit named in the first cell.
+
+The first code cell unpacks the archive to a temp directory (first on sys.path), then checks
+the packages the stage imports (versions included) and installs missing or too old ones from
+the attached assets dataset's wheels (offline, ``pip install --no-index --find-links``); without
+them it stops with one message that lists what is missing and how to make the dataset. Then
+the config cell (the only one to edit), then the run.
 """
 from __future__ import annotations
 
@@ -28,16 +33,16 @@ STAGE_ORDER = ("teacher", "student", "hrank", "inference")
 
 DESCRIPTIONS = {
     "teacher": ("Trains the teacher (efficientnet-b4 by default) on every fold with plain cross-entropy.",
-                "the competition data; the weights dataset (optional, ImageNet weights)",
+                "the competition data; the assets dataset (ImageNet weights, wheels)",
                 "`<run>/teacher/fold*/best.pt`, out-of-fold predictions, `cv.json`"),
     "student": ("Distils each fold's teacher into the 1-channel nf_regnet_b1 student (KD + CutMix 1/4 + MixUp 1/4).",
-                "the competition data; the teacher kernel's output; the weights dataset (optional)",
+                "the competition data; the teacher kernel's output; the assets dataset",
                 "`<run>/student/fold*/best.pt`, `cv.json`, the confusion matrix"),
     "hrank": ("HRank: ranks the student's filters, re-initialises (or prunes) the lowest-rank ones, fine-tunes with KD.",
-              "the competition data; the teacher and student kernels' outputs",
+              "the competition data; the teacher and student kernels' outputs; the assets dataset",
               "`<run>/hrank/fold*/best.pt`, rank heatmaps, `report.json`"),
     "inference": ("Predicts the test set with every fold (TTA + soft voting), checks the FLOPs, writes `submission.csv`.",
-                  "the competition data; the hrank kernel's output",
+                  "the competition data; the hrank kernel's output; the assets dataset (thop)",
                   "`/kaggle/working/submission.csv` (validated against sample_submission), `<run>/flops.json`"),
 }
 
@@ -84,19 +89,46 @@ def source_commit() -> str:
     return log.stdout.strip() + (" + uncommitted changes" if dirty.stdout.strip() else "")
 
 
-MATERIALISE = '''# Unpack the embedded sonokit source (no pip install, no internet) and import it.
+SETUP = '''# Setup (do not edit: scripts/build_kernels.py writes it). Unpacks the embedded sonokit (no pip install of the
+# kit, no internet), then checks the packages this stage imports and installs missing or too old ones from the
+# assets dataset's wheels. The archive is at the end of this cell.
 import base64, gzip, hashlib, io, sys, tarfile, tempfile
-_blob = base64.b64decode(SONOKIT_ARCHIVE)
-assert hashlib.sha256(_blob).hexdigest() == SONOKIT_SHA256, "embedded sonokit archive is corrupt"
-_dest = tempfile.mkdtemp(prefix="sonokit-")
-with tarfile.open(fileobj=io.BytesIO(gzip.decompress(_blob))) as _tar:
-    _tar.extractall(_dest, filter="data")
-sys.path.insert(0, _dest)
-import sonokit
-print("sonokit", sonokit.__version__, "from", sonokit.__file__)'''
+STAGE = {stage}
+ASSETS_DATASET = {assets}  # owner/slug of the dataset made by scripts/export_assets.py (weights + wheels)
+NEEDS = {needs}
 
 
-def build_notebook(stage: str, competition: str, owner: str, weights_dataset: str, archive: bytes, commit: str) -> str:
+def _sonokit_setup():
+    blob = base64.b64decode(SONOKIT_ARCHIVE)
+    assert hashlib.sha256(blob).hexdigest() == SONOKIT_SHA256, "embedded sonokit archive is corrupt"
+    dest = tempfile.mkdtemp(prefix="sonokit-")
+    with tarfile.open(fileobj=io.BytesIO(gzip.decompress(blob))) as tar:
+        tar.extractall(dest, filter="data")
+    sys.path.insert(0, dest)
+    import sonokit
+    from sonokit.deps import kernel_setup
+
+    print("sonokit", sonokit.__version__, "from", sonokit.__file__)
+    kernel_setup(NEEDS, ASSETS_DATASET)
+
+
+SONOKIT_SHA256 = "{sha}"
+SONOKIT_ARCHIVE = """
+{archive}
+"""
+_sonokit_setup()'''
+
+
+def stage_needs_default(stage: str) -> list[str]:
+    """What the kernel's stages import with the default config and the kernel's default overrides."""
+    from .config import load_config
+    from .stages import requirements
+
+    cfg = load_config(overrides=[f"{k}={v}" for k, v in DEFAULT_OVERRIDES[stage].items()])
+    return requirements(cfg, KERNEL_STAGES[stage][0])
+
+
+def build_notebook(stage: str, competition: str, owner: str, assets_dataset: str, archive: bytes, commit: str) -> str:
     what, inputs, outputs = DESCRIPTIONS[stage]
     sha = hashlib.sha256(archive).hexdigest()
     upstream = [kernel_slug(k) for k in KERNEL_STAGES[stage][1]]
@@ -104,28 +136,29 @@ def build_notebook(stage: str, competition: str, owner: str, weights_dataset: st
         f"# sonokit: {stage}\n\n{what}\n\n"
         f"- **Inputs:** {inputs}.\n- **Outputs:** {outputs} in `/kaggle/working`.\n"
         f"- **Built from:** sonokit commit `{commit}` (embedded source sha256 `{sha[:16]}`), "
-        f"by `python scripts/build_kernels.py`. Do not edit the other cells: change `src/` and rebuild.\n"
+        f"by `python scripts/build_kernels.py`. Edit only the config cell: change `src/` and rebuild for the rest.\n"
         + (f"- **Needs:** {', '.join(upstream)} (attached as kernel sources).\n" if upstream else "")
     )
+    b64 = base64.b64encode(archive).decode()
+    wrapped = "\n".join(b64[i:i + 100] for i in range(0, len(b64), 100))
+    setup = SETUP.format(stage=json.dumps(stage), assets=json.dumps(assets_dataset), needs=json.dumps(stage_needs_default(stage)),
+                         sha=sha, archive=wrapped)
     overrides = json.dumps(DEFAULT_OVERRIDES[stage], indent=4, sort_keys=True)
     config = (
         "# The only cell to edit.\n"
         f"RUN_NAME = \"kaggle\"\nCOMPETITION = {json.dumps(competition)}\nOWNER = {json.dumps(owner)}\n"
-        f"WEIGHTS_DATASET = {json.dumps(weights_dataset)}  # owner/slug of the weights made by scripts/export_weights.py\n"
-        f"# any sonokit config key, e.g. \"student.train.epochs\": 30, \"data.image_size\": 256\nOVERRIDES = {overrides}"
+        f"# any sonokit config key, e.g. \"student.train.epochs\": 30, \"data.image_size\": 256, \"student.model.weights\": \"none\"\n"
+        f"OVERRIDES = {overrides}"
     )
-    b64 = base64.b64encode(archive).decode()
-    wrapped = "\n".join(b64[i:i + 100] for i in range(0, len(b64), 100))
-    archive_cell = f'SONOKIT_SHA256 = "{sha}"\nSONOKIT_ARCHIVE = """\n{wrapped}\n"""'
     run = (
         "from sonokit.kernel_runtime import run_kernel\n"
-        f"run_kernel({json.dumps(stage)}, RUN_NAME, COMPETITION, OWNER, WEIGHTS_DATASET, OVERRIDES)"
+        "run_kernel(STAGE, RUN_NAME, COMPETITION, OWNER, ASSETS_DATASET, OVERRIDES)"
     )
     nb = nbformat.v4.new_notebook()
     nb.metadata = {"kernelspec": {"display_name": "Python 3", "language": "python", "name": "python3"},
                    "language_info": {"name": "python"}}
-    cells = [nbformat.v4.new_markdown_cell(md), nbformat.v4.new_code_cell(config), nbformat.v4.new_code_cell(archive_cell),
-             nbformat.v4.new_code_cell(MATERIALISE), nbformat.v4.new_code_cell(run)]
+    cells = [nbformat.v4.new_markdown_cell(md), nbformat.v4.new_code_cell(setup), nbformat.v4.new_code_cell(config),
+             nbformat.v4.new_code_cell(run)]
     for i, c in enumerate(cells):
         c["id"] = f"sonokit-{stage}-{i}"  # fixed ids: nbformat would draw random ones
     nb.cells = cells
@@ -133,7 +166,7 @@ def build_notebook(stage: str, competition: str, owner: str, weights_dataset: st
     return nbformat.writes(nb) + "\n"
 
 
-def kernel_metadata(stage: str, competition: str, owner: str, weights_dataset: str) -> dict:
+def kernel_metadata(stage: str, competition: str, owner: str, assets_dataset: str) -> dict:
     slug = kernel_slug(stage)
     title = slug  # slugify(title) == slug, as kaggle wants
     return {
@@ -146,7 +179,7 @@ def kernel_metadata(stage: str, competition: str, owner: str, weights_dataset: s
         "enable_gpu": True,
         "enable_tpu": False,
         "enable_internet": False,
-        "dataset_sources": [weights_dataset] if weights_dataset else [],
+        "dataset_sources": [assets_dataset] if assets_dataset else [],
         "competition_sources": [competition],
         "kernel_sources": [f"{owner}/{kernel_slug(k)}" for k in KERNEL_STAGES[stage][1]],
         "model_sources": [],
@@ -195,15 +228,15 @@ def check_metadata(meta: dict, folder: Path) -> list[str]:
     return problems
 
 
-def build_all(competition: str, owner: str, weights_dataset: str) -> dict[str, bytes]:
+def build_all(competition: str, owner: str, assets_dataset: str) -> dict[str, bytes]:
     """Every file of kernels/ as {relative path: bytes} (nothing written)."""
     archive = source_archive()
     commit = source_commit()
     files: dict[str, bytes] = {}
     for stage in STAGE_ORDER:
-        meta = kernel_metadata(stage, competition, owner, weights_dataset)
-        files[f"{stage}/{meta['code_file']}"] = build_notebook(stage, competition, owner, weights_dataset, archive, commit).encode()
+        meta = kernel_metadata(stage, competition, owner, assets_dataset)
+        files[f"{stage}/{meta['code_file']}"] = build_notebook(stage, competition, owner, assets_dataset, archive, commit).encode()
         files[f"{stage}/kernel-metadata.json"] = (json.dumps(meta, indent=2) + "\n").encode()
-    files["build.json"] = (json.dumps({"competition": competition, "owner": owner, "weights_dataset": weights_dataset},
+    files["build.json"] = (json.dumps({"competition": competition, "owner": owner, "assets_dataset": assets_dataset},
                                       indent=2, sort_keys=True) + "\n").encode()
     return files

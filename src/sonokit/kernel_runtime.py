@@ -32,26 +32,6 @@ def _split(ref: str) -> tuple[str, str]:
     return (owner, slug) if slug else ("", owner)
 
 
-def weights_overrides(weights_dataset: str, cfg_names: dict[str, str]) -> list[str]:
-    """``<model>.pth`` files of the attached weights dataset -> model.weights overrides."""
-    if not weights_dataset:
-        return []
-    owner, slug = _split(weights_dataset)
-    try:
-        root = find_kaggle_input(slug, "datasets", owner)
-    except FileNotFoundError:
-        _logger.warning(f"weights dataset {weights_dataset} is not attached: training from random weights")
-        return []
-    out = []
-    for key, model in cfg_names.items():
-        f = root / f"{model}.pth"
-        if f.is_file():
-            out.append(f"{key}.model.weights={f}")
-        else:
-            _logger.warning(f"no {f.name} in {root}: {key} starts from random weights")
-    return out
-
-
 def link_upstream(run_dir: Path, run_name: str, owner: str, upstream: list[str], stage_dirs: dict[str, str]) -> list[Path]:
     """Make upstream kernels' stage outputs visible in this kernel's run directory (symlinks).
 
@@ -70,30 +50,34 @@ def link_upstream(run_dir: Path, run_name: str, owner: str, upstream: list[str],
     return links
 
 
-def run_kernel(stage: str, run_name: str, competition: str, owner: str, weights_dataset: str, overrides: dict) -> Path:
-    """Run one pipeline stage inside a Kaggle notebook; returns the run directory in /kaggle/working."""
+def run_kernel(stage: str, run_name: str, competition: str, owner: str, assets_dataset: str, overrides: dict) -> Path:
+    """Run one pipeline stage inside a Kaggle notebook; returns the run directory in /kaggle/working.
+
+    ImageNet weights come from the assets dataset (``run.assets``): a configured dataset that is
+    not attached is an error, as is a model with no weights there (unless its weights are
+    ``none``). Packages the user's overrides need beyond the notebook's defaults (e.g.
+    ``hrank.mode=prune`` needs torch-pruning) are installed from the same dataset.
+    """
     from . import stages as st
     from .cli import setup_logging
+    from .deps import kernel_setup
 
     setup_logging()
     if stage not in KERNEL_STAGES:
         raise ValueError(f"unknown kernel stage {stage!r}; choose from {', '.join(KERNEL_STAGES)}")
     run_stages, upstream = KERNEL_STAGES[stage]
     data = find_kaggle_input(competition, "competitions", marker="sample_submission.csv")
-    base = [f"data.root={data}", f"run.out_dir={working_dir()}", f"run.name={run_name}", f"run.competition={competition}"]
-    user = [f"{k}={v}" for k, v in overrides.items()]
-    chosen = load_config(overrides=user)  # the models the user's overrides pick (or the defaults)
-    models = {"teacher": chosen.teacher.model.name, "student": chosen.student.model.name}
-    cfg = load_config(overrides=base + weights_overrides(weights_dataset, models) + user)
+    base = [f"data.root={data}", f"run.out_dir={working_dir()}", f"run.name={run_name}", f"run.competition={competition}",
+            f"run.assets={assets_dataset}"]
+    cfg = load_config(overrides=base + [f"{k}={v}" for k, v in overrides.items()])
+    kernel_setup(st.requirements(cfg, run_stages), assets_dataset)
     run_dir = working_dir() / run_name
     run_dir.mkdir(parents=True, exist_ok=True)
     links = link_upstream(run_dir, run_name, owner, upstream, {})
     try:
         ctx = st.make_context(cfg, stages=run_stages)
-        runners = {"teacher": st.run_teacher, "student": st.run_student, "hrank": st.run_hrank, "infer": st.run_infer,
-                   "flops": st.run_flops}
         for s in run_stages:
-            result = runners[s](ctx)
+            result = st.runner(s)(ctx)
             if "overall" in result:
                 print(f"{s}: CV loss {result['overall']['loss']:.4f}, acc {result['overall']['acc']:.4f}")
             if s == "flops":

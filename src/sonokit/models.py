@@ -1,9 +1,12 @@
 """Model factory: timm models, efficientnet_pytorch EfficientNets, the einops grayscale front.
 
-``create_model`` never downloads unless asked for ``weights="imagenet"`` (internet machines
-only). Local weights are adapted: a 1-channel stem from 3-channel weights (summed over
-channels, as timm does) and a classifier with another class count re-initialised, each with a
-log line.
+``create_model`` never downloads. ``weights="imagenet"`` finds the ImageNet weights offline
+(:func:`find_imagenet_weights`: the assets folder or dataset, else timm's / the torch hub's
+local caches) and loads them the timm way (``pretrained=True`` with
+``pretrained_cfg_overlay=dict(file=...)``, which sums the stem over channels for 1-channel
+input and drops a classifier of another class count); efficientnet_pytorch models get the file
+through :func:`load_weights`, which adapts the same way. When no weights are found the error
+says how to get them, or to set ``model.weights=none`` to train from scratch on purpose.
 """
 from __future__ import annotations
 
@@ -69,22 +72,90 @@ def model_num_classes(model: nn.Module) -> int:
     raise AttributeError(f"cannot tell the class count of {type(model).__name__}")
 
 
-def _build(name: str, num_classes: int, in_chans: int, pretrained: bool, drop_rate: float) -> nn.Module:
+class WeightsNotFound(FileNotFoundError):
+    """ImageNet weights were asked for and none were found offline; the message says how to get them."""
+
+
+def weights_file_name(name: str) -> str:
+    """The file an assets folder holds for model ``name`` (scripts/export_assets.py writes it)."""
+    return f"{name}.pth"
+
+
+def _cached_imagenet_file(name: str) -> Path | None:
+    """The library's own download of ``name``'s ImageNet weights, if it is in a local cache."""
+    if is_efficientnet_pytorch(name):
+        from efficientnet_pytorch.utils import url_map
+
+        f = Path(torch.hub.get_dir()) / "checkpoints" / Path(url_map[name]).name
+        return f if f.is_file() else None
+    from timm.models import get_pretrained_cfg
+
+    cfg = get_pretrained_cfg(name)
+    if cfg is None:
+        return None
+    if cfg.hf_hub_id:
+        try:
+            from huggingface_hub import try_to_load_from_cache
+        except ImportError:  # pragma: no cover - timm depends on huggingface_hub
+            try_to_load_from_cache = None
+        if try_to_load_from_cache is not None:
+            repo = cfg.hf_hub_id.split("@")[0]
+            for fname in ([cfg.hf_hub_filename] if cfg.hf_hub_filename else ["model.safetensors", "pytorch_model.bin"]):
+                hit = try_to_load_from_cache(repo, fname)
+                if isinstance(hit, str) and Path(hit).is_file():
+                    return Path(hit)
+    if cfg.url:
+        f = Path(torch.hub.get_dir()) / "checkpoints" / Path(cfg.url.split("?")[0]).name
+        if f.is_file():
+            return f
+    return None
+
+
+def find_imagenet_weights(name: str, assets: str | Path | None = None, key: str = "model.weights") -> Path:
+    """The ImageNet weights of ``name``, found offline, or :class:`WeightsNotFound` saying how to get them.
+
+    ``assets``: an assets folder (scripts/export_assets.py; on Kaggle the attached dataset):
+    when given, the file must be there. Without it: timm's Hugging Face cache and the torch
+    hub cache, where the libraries' own downloads land.
+    """
+    if assets:
+        f = Path(assets) / "weights" / weights_file_name(name)
+        if f.is_file():
+            return f
+        raise WeightsNotFound(f"no ImageNet weights for {name} in the assets at {assets} (expected {f}); remake the assets "
+                              f"with this model (python scripts/export_assets.py ... --set <stage>.model.name={name}), "
+                              f"or set {key}=none to train from scratch on purpose")
+    hit = _cached_imagenet_file(name)
+    if hit is not None:
+        return hit
+    fetch = (f"python -c \"from efficientnet_pytorch import EfficientNet; EfficientNet.from_pretrained('{name}')\""
+             if is_efficientnet_pytorch(name) else f"python -c \"import timm; timm.create_model('{name}', pretrained=True)\"")
+    raise WeightsNotFound(
+        f"no ImageNet weights for {name} found offline (looked in timm's Hugging Face cache and {torch.hub.get_dir()}). "
+        f"Get them on a machine with internet: {fetch} (fills the local cache), or "
+        f"python scripts/export_assets.py ASSETS --owner USER and set run.assets=ASSETS; or point {key} at a weights file; "
+        f"or set {key}=none to train from scratch on purpose"
+    )
+
+
+def _build(name: str, num_classes: int, in_chans: int, imagenet_file: Path | None, drop_rate: float) -> nn.Module:
     if is_efficientnet_pytorch(name):
         from efficientnet_pytorch import EfficientNet
 
         kw: dict[str, Any] = {"num_classes": num_classes, "in_channels": in_chans}
         if drop_rate:
             kw["dropout_rate"] = drop_rate
-        if pretrained:
-            # the library's own download (internet only); the 1000-class head is dropped
-            m = EfficientNet.from_pretrained(name, **kw)
-        else:
-            m = EfficientNet.from_name(name, **kw)
+        m = EfficientNet.from_name(name, **kw)
+        if imagenet_file is not None:
+            load_weights(m, imagenet_file)  # 3 -> 1 channel stem summed, 1000-class head re-initialised
         m.set_swish(memory_efficient=False)  # plain SiLU: traceable, compilable, countable
         return m
     try:
-        return timm.create_model(name, pretrained=pretrained, num_classes=num_classes, in_chans=in_chans, drop_rate=drop_rate)
+        if imagenet_file is not None:
+            # the timm way: timm's own loader adapts the stem (in_chans) and drops a head of another class count
+            return timm.create_model(name, pretrained=True, pretrained_cfg_overlay=dict(file=str(imagenet_file)),
+                                     num_classes=num_classes, in_chans=in_chans, drop_rate=drop_rate)
+        return timm.create_model(name, pretrained=False, num_classes=num_classes, in_chans=in_chans, drop_rate=drop_rate)
     except RuntimeError as e:
         if "Unknown model" in str(e):
             raise ValueError(
@@ -99,6 +170,8 @@ def create_model(
     in_chans: int = 3,
     weights: str | Path | None = None,
     drop_rate: float = 0.0,
+    assets: str | Path | None = None,
+    key: str = "model.weights",
 ) -> nn.Module:
     """Build a classifier.
 
@@ -107,18 +180,24 @@ def create_model(
         num_classes: output classes.
         in_chans: input channels of the network. With 1, the network sits behind the einops
             :class:`Grayscale` front and accepts 3-channel batches too.
-        weights: None/"" (random init), a local file (adapted, see :func:`load_weights`), or
-            ``"imagenet"`` (the library's own download; only on machines with internet).
+        weights: None or ``"none"`` (random init, on purpose), ``"imagenet"`` (found offline, see
+            :func:`find_imagenet_weights`; never downloaded), or a local file (adapted, see
+            :func:`load_weights`).
         drop_rate: classifier dropout.
+        assets: the assets folder to take ImageNet weights from (scripts/export_assets.py).
+        key: the config key that set ``weights`` (named in error messages).
     """
     if num_classes < 1:
         raise ValueError("num_classes must be at least 1")
     if in_chans not in (1, 3):
         raise ValueError(f"in_chans must be 1 or 3, not {in_chans}")
-    pretrained = str(weights) == "imagenet"
-    net = _build(name, num_classes, in_chans, pretrained, drop_rate)
-    if weights and not pretrained:
-        load_weights(net, weights)
+    spec = "none" if weights is None else str(weights).strip()
+    if not spec:
+        raise ValueError(f"{key} is empty: use imagenet, none (train from scratch) or a weights file")
+    imagenet = find_imagenet_weights(name, assets, key) if spec == "imagenet" else None
+    net = _build(name, num_classes, in_chans, imagenet, drop_rate)
+    if spec not in ("imagenet", "none"):
+        load_weights(net, spec)
     return GrayscaleModel(net) if in_chans == 1 else net
 
 

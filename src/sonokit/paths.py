@@ -105,6 +105,26 @@ def resolve_data_dir(root: str | Path = "", competition: str = "") -> Path:
     raise FileNotFoundError("no data directory given (use --data DIR)")
 
 
+def resolve_assets(spec: str) -> Path | None:
+    """The assets folder (scripts/export_assets.py): a local directory, or on Kaggle the attached
+    dataset ``owner/slug`` (either mount layout). A configured one that is not there is an error."""
+    if not spec:
+        return None
+    path = Path(spec).expanduser()
+    if path.is_dir():
+        return path
+    if on_kaggle() and "/" in spec and not spec.startswith(("/", ".")):
+        owner, _, slug = spec.partition("/")
+        try:
+            return find_kaggle_input(slug, "datasets", owner)
+        except FileNotFoundError:
+            raise FileNotFoundError(
+                f"the assets dataset {spec} is not attached to this notebook: add it (Add Input, or dataset_sources in "
+                f"kernel-metadata.json), or set run.assets to \"\" and the model weights to none to train from scratch"
+            ) from None
+    raise FileNotFoundError(f"run.assets: no assets folder at {path} (make one with python scripts/export_assets.py)")
+
+
 def submissions_dir() -> Path:
     """Where packaged submissions go: $SONOKIT_SUBMISSIONS, the checkout's submissions/, or ./submissions."""
     env = os.environ.get("SONOKIT_SUBMISSIONS")

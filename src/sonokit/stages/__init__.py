@@ -1,11 +1,55 @@
 """Pipeline stages: each is ``run_<stage>(ctx) -> summary``, called by train_local.py, the sweep
-and the generated Kaggle notebooks alike."""
-from .common import Context, make_context
-from .flops_stage import run_flops
-from .hrank import run_hrank
-from .infer import run_infer
-from .package_stage import run_package
-from .student import run_student
-from .teacher import run_teacher
+and the generated Kaggle notebooks alike.
 
-__all__ = ["Context", "make_context", "run_flops", "run_hrank", "run_infer", "run_package", "run_student", "run_teacher"]
+Stages are imported on first use (:func:`runner`, or attribute access): a run imports only the
+stages it runs, so a teacher notebook never imports thop or torch-pruning, which Kaggle's image
+may lack.
+"""
+from __future__ import annotations
+
+import importlib
+
+from .common import Context, make_context
+
+#: stage name -> (module, function), in pipeline order
+STAGES = {
+    "teacher": (".teacher", "run_teacher"),
+    "student": (".student", "run_student"),
+    "hrank": (".hrank", "run_hrank"),
+    "infer": (".infer", "run_infer"),
+    "flops": (".flops_stage", "run_flops"),
+    "package": (".package_stage", "run_package"),
+}
+_BY_FUNCTION = {fn: (mod, fn) for mod, fn in STAGES.values()}
+
+
+def runner(stage: str):
+    """The ``run_<stage>`` function of ``stage``, importing only its module."""
+    if stage not in STAGES:
+        raise ValueError(f"unknown stage {stage!r}; choose from {', '.join(STAGES)}")
+    mod, fn = STAGES[stage]
+    return getattr(importlib.import_module(mod, __name__), fn)
+
+
+def requirements(cfg, stages) -> list[str]:
+    """The distributions a run of ``stages`` with ``cfg`` imports (:func:`sonokit.deps.stage_needs`)."""
+    from ..deps import stage_needs
+
+    stages = set(stages)
+    names = []
+    kd = cfg.student.kd.enabled and stages & {"student", "hrank"}
+    if "teacher" in stages or kd or ("infer" in stages and cfg.infer.stage == "teacher"):
+        names.append(cfg.teacher.model.name)
+    if stages & {"student", "hrank"} or ("infer" in stages and cfg.infer.stage in ("student", "hrank")):
+        names.append(cfg.student.model.name)
+    return stage_needs(stages, names, cfg.hrank.mode)
+
+
+def __getattr__(name: str):
+    if name in _BY_FUNCTION:
+        mod, fn = _BY_FUNCTION[name]
+        return getattr(importlib.import_module(mod, __name__), fn)
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+
+
+__all__ = ["Context", "STAGES", "make_context", "requirements", "runner", *_BY_FUNCTION]

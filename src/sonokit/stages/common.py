@@ -14,6 +14,7 @@ from ..config import Config, TrainConfig, save_config
 from ..constants import FOLDS_FILENAME
 from ..data import ImageDataset, PreparedData, create_loader, prepare_data, write_folds
 from ..io import atomic_path, atomic_write_json
+from ..paths import resolve_assets
 from ..paths import run_dir as resolve_run_dir
 
 _logger = logging.getLogger("sonokit")
@@ -31,6 +32,10 @@ class Context:
     @property
     def main(self) -> bool:
         return self.env.is_main
+
+    def assets(self) -> Path | None:
+        """The assets folder (ImageNet weights, wheels) of ``run.assets``, or None."""
+        return resolve_assets(self.cfg.run.assets)
 
     def folds(self) -> list[int]:
         n = self.cfg.data.folds

@@ -12,11 +12,9 @@ import logging
 import torch
 
 from ..engine import evaluate, fit
-from ..flops import competition_gflops, count_params, latency_ms, true_gflops
 from ..hrank import (
     collect_ranks,
     lowest_rank_filters,
-    prune,
     reinit_filters,
     resolve_layer,
     save_rank_figures,
@@ -32,6 +30,8 @@ _logger = logging.getLogger("sonokit")
 
 
 def _cost(model, size: int, in_chans: int) -> dict:
+    from ..flops import competition_gflops, count_params, latency_ms, true_gflops  # thop: only runs that prune count FLOPs here
+
     return {"true_gflops": true_gflops(model, size, in_chans), "competition_gflops": competition_gflops(model, size, in_chans),
             "params": count_params(model), "latency_ms_batch1_cpu": latency_ms(model.cpu(), size, in_chans, repeats=10)}
 
@@ -79,6 +79,8 @@ def run_hrank(ctx: Context) -> dict:
         else:
             report["cost_before"] = _cost(model, size, in_chans)
             model.to("cpu")
+            from ..pruning import prune  # torch-pruning: imported only when pruning
+
             prune(model, mean_ranks, hcfg.ratio, torch.randn(1, 3, size, size))
             report["cost_after"] = _cost(model, size, in_chans)
             meta_extra["shape_spec"] = shape_spec(model)

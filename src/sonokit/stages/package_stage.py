@@ -3,7 +3,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from ..kaggle_cli import submit_command
+from ..kaggle_api import submit_command
 from ..packaging import make_manifest
 from ..paths import submissions_dir
 from ..submission import package

@@ -49,7 +49,8 @@ def load_fold_teacher(ctx: Context, fold: int, device) -> nn.Module:
 def build_student(ctx: Context, fold: int) -> nn.Module:
     m = ctx.cfg.student.model
     seed_everything(ctx.cfg.run.seed + 1000 + fold)
-    model = create_model(m.name, ctx.prep.num_classes, m.in_chans, m.weights or None, m.drop_rate)
+    model = create_model(m.name, ctx.prep.num_classes, m.in_chans, m.weights, m.drop_rate, assets=ctx.assets(),
+                         key="student.model.weights")
     return model
 
 

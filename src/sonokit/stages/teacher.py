@@ -12,7 +12,8 @@ from .common import Context, FoldResults, model_meta
 def build_teacher(ctx: Context, fold: int) -> nn.Module:
     m = ctx.cfg.teacher.model
     seed_everything(ctx.cfg.run.seed + fold)
-    return create_model(m.name, ctx.prep.num_classes, m.in_chans, m.weights or None, m.drop_rate)
+    return create_model(m.name, ctx.prep.num_classes, m.in_chans, m.weights, m.drop_rate, assets=ctx.assets(),
+                        key="teacher.model.weights")
 
 
 def run_teacher(ctx: Context) -> dict:
