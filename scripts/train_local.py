@@ -1,5 +1,5 @@
 #!/usr/bin/env python
-"""Run the pipeline locally: teacher, student, hrank, infer, flops, package (CPU, one GPU, or DDP).
+"""Run the pipeline locally: teacher, student, hrank, infer, flops, package, report (CPU, one GPU, or DDP).
 
   python scripts/train_local.py --demo                                   # everything, demo data, CPU
   python scripts/train_local.py --data DIR --gpus 4                      # all stages, 4 DDP processes
@@ -21,7 +21,7 @@ from pathlib import Path
 
 from sonokit.cli import add_config_args, config_from_args, run_main, setup_logging
 
-STAGES = ("teacher", "student", "hrank", "infer", "flops", "package")
+STAGES = ("teacher", "student", "hrank", "infer", "flops", "package", "report")
 DEMO_CONFIG = Path(__file__).resolve().parents[1] / "src" / "sonokit" / "configs" / "demo.yaml"
 
 
@@ -34,7 +34,8 @@ def parse(argv=None):
     ap.add_argument("--resume", action="store_true", help="continue every stage from its last checkpoint")
     ap.add_argument("--folds", default="", help="train only these folds, e.g. 0,1 (default: all)")
     ap.add_argument("--kd", choices=("on", "off"), default="", help="student: distil from the teacher (on, default) or train alone (off)")
-    ap.add_argument("--hrank-mode", choices=("reinit", "prune"), default="", help="hrank: re-initialise (the source) or prune the lowest-rank filters")
+    ap.add_argument("--hrank-mode", choices=("reinit", "prune", "finetune"), default="",
+                    help="hrank: re-initialise (the source) or prune the lowest-rank filters, or finetune (the control: no filter changed)")
     ap.add_argument("--hrank-ratio", type=float, default=0.0, help="hrank: fraction of filters (default 0.125)")
     ap.add_argument("--message", default="", help="package: submission description")
     g = ap.add_argument_group("multi-node (forwarded to torchrun)")
@@ -79,6 +80,9 @@ def ensure_demo_data() -> Path:
 
 
 def stage_line(stage: str, s: dict, run_dir) -> str:
+    if stage == "report":
+        return (f"report: what each step bought, out of fold ({run_dir / 'report.html'}, report.md)\n\n{s['table']}\n\n"
+                + "\n".join(f"  {line}" for line in s["hrank_lines"] + s["cost_lines"][:1] + s["test_lines"][-1:]))
     if stage == "hrank":
         lines = [f"hrank ({s['mode']}, ratio {s['ratio']}): CV loss {s['overall']['loss']:.4f}, acc {s['overall']['acc']:.4f} -> {run_dir / stage}"]
         for r in s["reports"]:
@@ -89,9 +93,16 @@ def stage_line(stage: str, s: dict, run_dir) -> str:
                          f"{c['competition_gflops']:.7f}, params {b['params'] / 1e6:.2f}M -> {c['params'] / 1e6:.2f}M, "
                          f"latency {b['latency_ms_batch1_cpu']:.1f} -> {c['latency_ms_batch1_cpu']:.1f} ms")
             lines.append(line)
+        if "control" in s:
+            c = s["control"]
+            lines.append(f"hrank control (finetune, no filter changed): CV loss {c['overall']['loss']:.4f}, acc {c['overall']['acc']:.4f}")
         return "\n".join(lines)
     if "overall" in s:
-        return f"{stage}: CV loss {s['overall']['loss']:.4f}, acc {s['overall']['acc']:.4f} -> {run_dir / stage}"
+        line = f"{stage}: CV loss {s['overall']['loss']:.4f}, acc {s['overall']['acc']:.4f} -> {run_dir / stage}"
+        if "control" in s:
+            c = s["control"]
+            line += f"\n{stage} control (no KD): CV loss {c['overall']['loss']:.4f}, acc {c['overall']['acc']:.4f}"
+        return line
     if stage == "infer":
         extra = f", demo test accuracy {s['test_acc_on_solution_csv']:.4f}" if "test_acc_on_solution_csv" in s else ""
         return f"infer: {len(s['members'])} member(s) x {len(s['tta_views'])} view(s) -> {s['submission']}{extra}"
@@ -104,6 +115,7 @@ def stage_line(stage: str, s: dict, run_dir) -> str:
 
 def summary(run_dir: Path) -> str:
     where = [
+        ("report", run_dir / "report.html"),
         ("submission", run_dir / "submission.csv"),
         ("FLOPs report", run_dir / "flops.json"),
         ("confusion matrix", run_dir / "student" / "confusion.png"),

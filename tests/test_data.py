@@ -226,12 +226,23 @@ def test_prepare_data_writes_folds_and_uses_cache(tiny_data, tmp_path):
     assert len(tr) + len(va) == 10
     assert tr[0][0].shape == (3, 16, 16) and va[0][0].shape == (3, 16, 16)
     # second time: validation skips decoding images the cache already holds
-    # a file changed since it was cached is decoded again, and its problem reported
-    (tiny_data / "train" / "cat_1.png").write_bytes(b"")
-    from sonokit.schema import DataError
+    from sonokit.data import cache as cache_mod
 
-    with pytest.raises(DataError, match="cat_1.png: empty file"):
-        prepare_data(cfg, progress=False)
+    decoded = []
+    real = cache_mod.load_image
+    cache_mod.load_image = lambda path: decoded.append(str(path)) or real(path)
+    try:
+        again = prepare_data(cfg, progress=False)
+        assert decoded == [] and again.train_crop_entries == prep.train_crop_entries
+        # a file changed since it was cached is decoded again (only it), and its problem reported
+        (tiny_data / "train" / "cat_1.png").write_bytes(b"")
+        from sonokit.schema import DataError
+
+        with pytest.raises(DataError, match="cat_1.png: empty file"):
+            prepare_data(cfg, progress=False)
+        assert decoded == [str(tiny_data / "train" / "cat_1.png")]
+    finally:
+        cache_mod.load_image = real
 
 
 # ----------------------------------------------------------------------------- config

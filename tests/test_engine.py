@@ -89,45 +89,121 @@ def test_early_stopping_and_best_by_loss(tmp_path):
     assert loss == pytest.approx(min(val_losses), rel=1e-5)
 
 
-def test_best_chosen_by_loss_not_accuracy(tmp_path):
-    """An epoch with higher accuracy but higher loss is not the one kept."""
-    class Scripted(nn.Module):
-        def __init__(self):
-            super().__init__()
-            self.w = nn.Parameter(torch.zeros(1))
-            self.epoch = 0
+class Scripted(nn.Module):
+    """Validation logits scripted per epoch: epoch 1 confident but 2 of 32 wrong (acc 0.9375, low loss),
+    epoch 2 all right but barely (acc 1.0, high loss)."""
 
-        def forward(self, x):
-            # epoch 0: right but unsure (low loss); epoch 1: 100% accurate... of the wrong sign is not
-            # possible, so: epoch 1 confident and 75% accurate -> higher loss, higher accuracy? no:
-            n = x.shape[0]
-            y = (x.mean((1, 2, 3)) > 0).long()
-            logits = torch.zeros(n, 2)
-            if self.epoch == 0:
-                logits[torch.arange(n), y] = 0.5  # all right, unsure: acc 1.0, loss ~0.47
-                logits[: n // 2, :] = 0  # half at chance: acc counts argmax 0
-            else:
-                logits[torch.arange(n), y] = 8.0  # all right, confident
-                logits[0, :] = torch.tensor([-8.0, 8.0]) if y[0] == 0 else torch.tensor([8.0, -8.0])  # one badly wrong
-            return logits + self.w * 0
+    def __init__(self):
+        super().__init__()
+        self.w = nn.Parameter(torch.zeros(1))
+        self.epoch = 0
 
+    def forward(self, x):
+        n = x.shape[0]
+        y = (x.float().mean((1, 2, 3)) > 0).long()  # the loaders normalise class 1 above 0, class 0 below
+        logits = torch.zeros(n, 2)
+        if self.epoch == 0:
+            logits[torch.arange(n), y] = 8.0
+            logits[:1, :] = 0.0
+            logits[:1, 1 - y[:1]] = 0.5  # the first image of each batch: slightly wrong
+        else:
+            logits[torch.arange(n), y] = 0.1  # all right, barely
+        return logits + self.w * 0
+
+
+@pytest.mark.parametrize("monitor,best", [("val_loss", 1), ("val_acc", 2)])
+def test_best_checkpoint_follows_the_monitor(tmp_path, monitor, best):
     m = Scripted()
-
-    class EpochTask(ClassificationTask):
-        pass
-
     tr, va = loaders()
-    cfg = TrainConfig(epochs=2, lr=0.0, patience=5)
 
     def bump(ev):
         if ev["event"] == "epoch":
             m.epoch += 1
 
-    res = fit(EpochTask(m, criterion=nn.CrossEntropyLoss(), verbose=False), tr, va, cfg, tmp_path, callbacks=[bump])
+    cfg = TrainConfig(epochs=2, lr=0.0, patience=5, monitor=monitor)
+    res = fit(ClassificationTask(m, criterion=nn.CrossEntropyLoss(), verbose=False), tr, va, cfg, tmp_path, callbacks=[bump])
     h = res.history
-    best = int(np.argmin([x["val_loss"] for x in h]))
-    assert res.best_epoch == best + 1
-    assert h[best]["val_loss"] == res.best_val_loss
+    # the premise: the more accurate epoch is the one with the higher loss
+    assert h[0]["val_acc"] == pytest.approx(30 / 32) and h[1]["val_acc"] == 1.0
+    assert h[0]["val_loss"] < h[1]["val_loss"]
+    assert res.best_epoch == best and load_best(tmp_path / "best.pt")["meta"]["epoch"] == best
+    assert load_best(tmp_path / "best.pt")["meta"]["monitor"] == monitor
+
+
+def test_gradient_accumulation_equals_the_larger_batch(tmp_path):
+    """2 batches of 16 with accum_steps=2 take the same optimizer step as one batch of 32 (no BatchNorm here)."""
+    def run(bs, accum, out):
+        torch.manual_seed(0)
+        model = tiny_net()
+        kw = dict(mean=(0.5, 0.5, 0.5), std=(0.25, 0.25, 0.25), num_workers=0, seed=0)
+        tr = create_loader(ToyImages(64, 0), bs, True, **kw)
+        va = create_loader(ToyImages(32, 1), 16, False, **kw)
+        fit(task_for(model), tr, va, TrainConfig(epochs=2, lr=0.05, accum_steps=accum), out, seed=0)
+        return model
+
+    a, b = run(32, 1, tmp_path / "a"), run(16, 2, tmp_path / "b")
+    for (k, x), y in zip(a.state_dict().items(), b.state_dict().values()):
+        torch.testing.assert_close(x, y, rtol=1e-5, atol=1e-6, msg=k)
+    c = run(16, 1, tmp_path / "c")
+    assert not torch.allclose(a[0].weight, c[0].weight)  # and it is not what batches of 16 do
+
+
+def test_weight_decay_spares_biases_norms_and_gains():
+    import timm
+
+    from sonokit.engine import create_optimizer
+
+    model = timm.create_model("test_nfnet", num_classes=2)
+    opt = create_optimizer(model, TrainConfig(weight_decay=0.05))
+    wd = {id(p): g["weight_decay"] for g in opt.param_groups for p in g["params"]}
+    names = dict(model.named_parameters())
+    assert wd[id(names["stem.conv1.weight"])] == 0.05 and wd[id(names["head.fc.weight"])] == 0.05
+    assert wd[id(names["stem.conv1.bias"])] == 0 and wd[id(names["stem.conv1.gain"])] == 0
+    assert names["stem.conv1.gain"].ndim == 4  # the 1-d rule alone would have decayed it
+    assert len(wd) == sum(1 for p in model.parameters() if p.requires_grad)
+
+
+def test_warmup_is_linear_per_step_then_plateau(tmp_path):
+    lrs = []
+    tr, va = loaders()  # 4 batches per epoch
+
+    class Spy(ClassificationTask):
+        def forward(self, x, y):
+            lrs.append(opt_ref[0].param_groups[0]["lr"])
+            return super().forward(x, y)
+
+    from sonokit import engine
+
+    opt_ref = []
+    real = engine.create_optimizer
+    engine_create = lambda model, cfg: opt_ref.append(real(model, cfg)) or opt_ref[0]  # noqa: E731
+    try:
+        engine.create_optimizer = engine_create
+        fit(Spy(tiny_net(), criterion=nn.CrossEntropyLoss(), verbose=False), tr, va,
+            TrainConfig(epochs=3, lr=0.01, warmup_epochs=1, warmup_start=0.2), tmp_path)
+    finally:
+        engine.create_optimizer = real
+    # 4 optimizer steps of warmup: 0.2, 0.4, 0.6, 0.8 x lr, then lr
+    np.testing.assert_allclose(lrs[:6], [0.002, 0.004, 0.006, 0.008, 0.01, 0.01], rtol=1e-6)
+
+
+def test_model_ema_is_evaluated_and_saved(tmp_path):
+    torch.manual_seed(0)
+    tr, va = loaders()
+    model = tiny_net()
+    res = fit(task_for(model), tr, va, TrainConfig(epochs=3, lr=0.05, ema=True, ema_decay=0.5), tmp_path)
+    h = res.history[-1]
+    assert {"val_loss", "val_acc", "val_loss_raw", "val_acc_raw"} <= set(h)
+    best = load_best(tmp_path / "best.pt")
+    assert best["meta"]["ema"] is True
+    # the saved weights are the EMA's: not the trained model's, and they score what the record says
+    assert not torch.equal(best["model"]["0.weight"], model.state_dict()["0.weight"])
+    from sonokit.engine import evaluate
+
+    ema_model = tiny_net()
+    ema_model.load_state_dict(best["model"])
+    loss, _, _ = evaluate(ema_model, va, torch.device("cpu"))
+    assert loss == pytest.approx(best["meta"]["val_loss"], rel=1e-5)
 
 
 def test_non_finite_loss_stops_clearly(tmp_path):

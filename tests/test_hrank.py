@@ -113,6 +113,54 @@ def test_reinit_touches_exactly_the_chosen_filters():
     assert torch.allclose(after[f"{name}.gain"][chosen], before[f"{name}.gain"][others].median())
 
 
+def test_reinit_is_seeded_whatever_ran_before():
+    """Running a fold alone or after another fold gives the same fresh weights; the global RNG is left alone."""
+    def fresh(burn: int):
+        torch.manual_seed(123)
+        m = create_model("test_nfnet", 4, 1)
+        conv = m.get_submodule(resolve_layer(m, "stages.2.-1.conv3"))
+        torch.rand(burn)  # whatever else used the global generator first
+        state = torch.get_rng_state()
+        reinit_filters(conv, [0, 2], seed=7)
+        assert torch.equal(torch.get_rng_state(), state)
+        return conv.weight[[0, 2]].clone()
+
+    a, b = fresh(0), fresh(1000)
+    assert torch.equal(a, b)
+    torch.manual_seed(123)
+    m = create_model("test_nfnet", 4, 1)
+    conv = m.get_submodule(resolve_layer(m, "stages.2.-1.conv3"))
+    reinit_filters(conv, [0, 2], seed=8)
+    assert not torch.equal(conv.weight[[0, 2]], a)
+
+
+def test_ranks_that_cannot_separate_the_filters_are_reported(tmp_path):
+    """4x4 maps: every filter full-rank on every image. Said in the result and on the heatmap, with the tie rule."""
+    from sonokit.hrank import TIE_RULE, separability
+
+    ranks = np.full((10, 40), 4.0)
+    sep = separability(ranks, 0.125, (4, 4))
+    assert not sep["separable"] and sep["distinct_mean_ranks"] == 1 and sep["max_possible_rank"] == 4
+    assert "the ranks cannot separate the filters: every filter has rank 4 on every image (the 4x4 feature maps are too small" in sep["warning"]
+    assert "filters [0, 1, 2, 3, 4] by the tie rule" in sep["warning"] and sep["tie_rule"] == TIE_RULE
+    info = save_rank_figures(ranks, np.repeat([0, 1], 5), ["a", "b"], tmp_path / "flat", "layer", 0.125, (4, 4))
+    assert info["warning"] == sep["warning"]
+    # the warning is drawn on the heatmap: a yellow box the plain heatmap does not have
+    import matplotlib.image as mpimg
+
+    img = mpimg.imread(tmp_path / "flat" / "ranks_heatmap.png")[..., :3]
+    yellow = (img[..., 0] > 0.95) & (img[..., 1] > 0.8) & (img[..., 2] < 0.65)
+    assert yellow.mean() > 0.01
+    ok = save_rank_figures(np.random.default_rng(0).integers(1, 8, (10, 40)).astype(float), np.repeat([0, 1], 5), ["a", "b"],
+                           tmp_path / "ok", "layer", 0.125, (8, 8))
+    img = mpimg.imread(tmp_path / "ok" / "ranks_heatmap.png")[..., :3]
+    assert ok["separable"] and ((img[..., 0] > 0.95) & (img[..., 1] > 0.8) & (img[..., 2] < 0.65)).mean() == 0
+    # ranks that separate most filters but tie at the cut: how many were picked by the tie rule
+    partial = np.tile(np.r_[np.full(10, 2.0), np.full(30, 3.0)], (4, 1))
+    sep = separability(partial, 0.125, (8, 8))  # 5 chosen among 10 tied at rank 2
+    assert sep["separable"] and sep["chosen_by_tie_rule"] == 5 and "picked by the tie rule" in sep["warning"]
+
+
 def test_reinit_of_a_zero_gain_layer_is_not_dead():
     m = create_model("nf_regnet_b1", 8, 1)
     conv = m.get_submodule(resolve_layer(m))

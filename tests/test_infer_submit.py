@@ -59,27 +59,37 @@ def test_tta_leaves_an_input_blind_model_unchanged(tiny_data, tmp_path):
     np.testing.assert_allclose(many, one, rtol=1e-6)
 
 
-def test_tta_views_really_differ(tiny_data, tmp_path):
+class LeftRight(nn.Module):
+    """Logits (m, -m), m = mean of the left half minus the right half: a horizontal flip negates m."""
+
+    def forward(self, x):
+        w = x.shape[-1] // 2
+        m = (x[..., :w].mean((1, 2, 3)) - x[..., w:].mean((1, 2, 3))) * 4
+        return torch.stack([m, -m], 1)
+
+
+def test_tta_hflip_vote_has_a_known_answer(tiny_data, tmp_path):
     ctx = make_context(tiny_cfg(tiny_data, tmp_path), progress=False)
-    torch.manual_seed(0)
-    model = create_model("test_efficientnet", 2, 3).eval()
     meta = {"image_size": 16, "mean": list(ctx.prep.mean), "std": list(ctx.prep.std)}
-    a, b = predict_views(model, meta, ctx, ["orig"]), predict_views(model, meta, ctx, ["hflip"])
-    assert not np.allclose(a, b)
-    np.testing.assert_allclose(predict_views(model, meta, ctx, ["orig", "hflip"]), (a + b) / 2, rtol=1e-5)
+    a, b = predict_views(LeftRight(), meta, ctx, ["orig"]), predict_views(LeftRight(), meta, ctx, ["hflip"])
+    np.testing.assert_allclose(b, a[:, ::-1], rtol=1e-5)  # the flip swapped the classes, image by image
+    assert np.abs(a[:, 0] - 0.5).max() > 0.05  # the images are not symmetric: the views really differ
+    np.testing.assert_allclose(predict_views(LeftRight(), meta, ctx, ["orig", "hflip"]), 0.5, atol=1e-6)  # softmax(m,-m)+softmax(-m,m)
     with pytest.raises(ValueError, match="unknown TTA view 'rot90'"):
-        predict_views(model, meta, ctx, ["rot90"])
+        predict_views(LeftRight(), meta, ctx, ["rot90"])
 
 
-def test_soft_vote_arithmetic():
-    p1 = np.array([[0.9, 0.1], [0.2, 0.8]])
-    p2 = np.array([[0.3, 0.7], [0.4, 0.6]])
-    np.testing.assert_allclose(soft_vote([p1, p2]), [[0.6, 0.4], [0.3, 0.7]])
-    np.testing.assert_allclose(soft_vote([p1, p2], [3, 1]), [[0.75, 0.25], [0.25, 0.75]])
-    np.testing.assert_allclose(soft_vote([p1]), p1)
+def test_soft_vote_can_overrule_the_most_confident_member():
+    confident_wrong = np.array([[0.9, 0.1]])
+    mildly_right = np.array([[0.3, 0.7]])
+    vote = soft_vote([confident_wrong, mildly_right, mildly_right])
+    np.testing.assert_allclose(vote, [[0.5, 0.5]])  # (0.9 + 0.3 + 0.3) / 3: a tie, by hand
+    assert soft_vote([confident_wrong, mildly_right, mildly_right], [1, 1.5, 1.5]).argmax() == 1  # weights tip it right
+    assert soft_vote([confident_wrong, mildly_right, mildly_right], [3, 1, 1]).argmax() == 0  # or wrong
+    np.testing.assert_allclose(soft_vote([confident_wrong, mildly_right], [0, 1]), mildly_right)  # weight 0 = not a member
     for bad in ([1], [-1, 2], [0, 0]):
         with pytest.raises(ValueError):
-            soft_vote([p1, p2], bad)
+            soft_vote([confident_wrong, mildly_right], bad)
 
 
 # ----------------------------------------------------------------------------- validation
@@ -297,7 +307,20 @@ def test_infer_stage_end_to_end(demo_data, tmp_path):
     assert probs.shape == (12, 9) and np.allclose(probs.iloc[:, 1:].sum(1), 1, atol=1e-5)
     members = json.loads((run / "infer" / "members.json").read_text())
     assert len(members["members"]) == 2 and members["tta_views"] == ["orig", "fancypca"]
-    assert 0 <= members["test_acc_on_solution_csv"] <= 1
+    # the demo's test accuracy is exactly the submission's agreement with solution.csv
+    solution = pd.read_csv(demo_data / "solution.csv").set_index("image_id")["label"]
+    assert members["test_acc_on_solution_csv"] == pytest.approx((sub.set_index("image_id")["label"] == solution.loc[sub["image_id"]]).mean())
+    # TTA out of fold: one logits array per view; "orig" is the stage's own OOF prediction, fancypca another
+    oof = np.load(run / "student" / "oof_logits.npy")
+    with np.load(run / "student" / "oof_tta.npz") as z:
+        assert sorted(z.files) == ["fancypca", "orig"]
+        np.testing.assert_array_equal(z["orig"], oof)
+        assert not np.allclose(z["fancypca"], oof)
+        fancy = z["fancypca"]
+    cv = json.loads((run / "student" / "cv.json").read_text())
+    y = pd.read_csv(run / "folds.csv")["label"].map({c: i for i, c in enumerate(cv["classes"])}).to_numpy()
+    assert cv["tta"]["fancypca"]["acc"] == pytest.approx((fancy.argmax(1) == y).mean())
+    assert cv["tta"]["orig"]["acc"] == pytest.approx(cv["overall"]["acc"])
     flops = json.loads((run / "flops.json").read_text())
     assert flops["competition_gflops"] > 0 and flops["pipeline_gflops"] == pytest.approx(flops["true_gflops"] * 4)
     # a prediction-only run reads train.csv for the class list and nothing else of the train set:

@@ -74,6 +74,12 @@ class TrainConfig:
     channels_last: bool = False
     compile: bool = False
     max_batches: int = 0  # >0: cap batches per epoch (smoke runs and sweeps)
+    monitor: str = "val_loss"  # val_loss or val_acc: picks best.pt, drives early stopping and the plateau decay
+    accum_steps: int = 1  # gradient accumulation: one optimizer step every N batches (effective batch N x batch_size)
+    warmup_epochs: float = 0.0  # linear lr warmup over this many epochs (per optimizer step); 0 = none
+    warmup_start: float = 0.1  # warmup starts at this fraction of lr
+    ema: bool = False  # keep a model EMA (timm ModelEmaV3): evaluated, monitored and saved as best.pt
+    ema_decay: float = 0.998
 
 
 @dataclass
@@ -99,6 +105,7 @@ class KDConfig:
     enabled: bool = True
     temperature: float = 4.0
     w_task: float = 0.5  # w_kd = 1 - w_task
+    control: bool = False  # also train the same student without KD (same seeds) into student_nokd/
 
 
 @dataclass
@@ -115,7 +122,8 @@ def _hrank_train() -> TrainConfig:
 
 @dataclass
 class HRankConfig:
-    mode: str = "reinit"  # reinit (the source: fresh weights for low-rank filters) or prune (remove them)
+    mode: str = "reinit"  # reinit (the source: fresh weights for low-rank filters), prune (remove them), finetune (the control)
+    control: bool = False  # also run mode=finetune (the same fine-tuning, no filter changed) into hrank_finetune/
     ratio: float = 0.125  # fraction of filters re-initialised / pruned
     layer: str = "stages.2.-1.conv3"  # reinit: the conv whose filters are ranked (dotted path, -1 = last)
     prune_stages: str = "0,1,2,3"  # prune: rank and prune the convs of these stages

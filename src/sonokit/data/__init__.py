@@ -63,7 +63,8 @@ class PreparedData:
             raise ValueError(f"fold {fold} out of range 0..{int(f.max())}")
         return (f != fold).nonzero()[0], (f == fold).nonzero()[0]
 
-    def fold_datasets(self, fold: int, seed: int = 0) -> tuple[ImageDataset, ImageDataset]:
+    def fold_datasets(self, fold: int, seed: int = 0, val_extra: list | None = None) -> tuple[ImageDataset, ImageDataset]:
+        """The fold's (train, validation) datasets; ``val_extra``: view transforms for the validation images (TTA)."""
         d = self.cfg.data
         tr, va = self.fold_indices(fold)
         y = self.index.train_targets
@@ -73,7 +74,7 @@ class PreparedData:
             train_transform(d.image_size, d.resize_size, self.cfg.aug),
             seed=seed,
         )
-        val_ds = ImageDataset([self.train_eval_entries[i] for i in va], y[va], self.eval_tf(), seed=seed)
+        val_ds = ImageDataset([self.train_eval_entries[i] for i in va], y[va], self.eval_tf(val_extra), seed=seed)
         return train_ds, val_ds
 
     def eval_tf(self, extra: list | None = None):

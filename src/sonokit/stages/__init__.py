@@ -19,6 +19,7 @@ STAGES = {
     "infer": (".infer", "run_infer"),
     "flops": (".flops_stage", "run_flops"),
     "package": (".package_stage", "run_package"),
+    "report": (".report_stage", "run_report"),
 }
 _BY_FUNCTION = {fn: (mod, fn) for mod, fn in STAGES.values()}
 

@@ -2,7 +2,7 @@
 from __future__ import annotations
 
 import logging
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
@@ -11,7 +11,7 @@ import torch
 
 from .. import distributed as dist_utils
 from ..config import Config, TrainConfig, save_config
-from ..constants import FOLDS_FILENAME
+from ..constants import CONFIG_FILENAME, FOLDS_FILENAME
 from ..data import ImageDataset, PreparedData, create_loader, prepare_data, write_folds
 from ..io import atomic_path, atomic_write_json
 from ..paths import resolve_assets
@@ -24,10 +24,12 @@ _logger = logging.getLogger("sonokit")
 class Context:
     cfg: Config
     run_dir: Path
-    prep: PreparedData
+    prep: PreparedData | None  # None for stages that only read earlier outputs (package, report)
     device: torch.device
     env: dist_utils.DistEnv
     resume: bool = False
+    #: called with every batch and epoch event of every fit() the stages run (a sweep's pruner listens here)
+    callbacks: list = field(default_factory=list)
 
     @property
     def main(self) -> bool:
@@ -58,14 +60,16 @@ class Context:
         return create_loader(ds, batch_size, False, device=self.device, mean=self.prep.mean, std=self.prep.std,
                              num_workers=self.cfg.data.num_workers)
 
-    def loaders(self, fold: int, train_cfg: TrainConfig):
-        """(train, validation) loaders of ``fold``, normalised on the context's device."""
+    def loaders(self, fold: int, train_cfg: TrainConfig, val_extra: list | None = None):
+        """(train, validation) loaders of ``fold``, normalised on the context's device.
+
+        ``val_extra``: view transforms applied to the validation images (a TTA view)."""
         world = self.env.world_size
         if train_cfg.batch_size % world:
             raise ValueError(f"train.batch_size {train_cfg.batch_size} is not divisible by {world} processes")
         per_rank = train_cfg.batch_size // world
         seed = self.cfg.run.seed + fold
-        train_ds, val_ds = self.prep.fold_datasets(fold, seed=seed)
+        train_ds, val_ds = self.prep.fold_datasets(fold, seed=seed, val_extra=val_extra)
         kw = dict(device=self.device, mean=self.prep.mean, std=self.prep.std, num_workers=self.cfg.data.num_workers, distributed=self.env.enabled)
         return (
             create_loader(train_ds, per_rank, True, seed=seed, **kw),
@@ -77,9 +81,16 @@ class Context:
 TRAINING_STAGES = ("teacher", "student", "hrank")
 
 
+#: Stages that read only what earlier stages wrote (no data preparation at all).
+RECORD_STAGES = ("package", "report")
+
+
 def data_scope(stages) -> str:
-    """``train`` when any of ``stages`` trains, else ``predict`` (test images and the class list only)."""
-    return "train" if stages is None or any(s in TRAINING_STAGES for s in stages) else "predict"
+    """``train`` when any of ``stages`` trains, ``none`` when they only read earlier outputs, else
+    ``predict`` (test images and the class list only)."""
+    if stages is None or any(s in TRAINING_STAGES for s in stages):
+        return "train"
+    return "none" if all(s in RECORD_STAGES for s in stages) else "predict"
 
 
 def make_context(cfg: Config, resume: bool = False, progress: bool = True, stages=None) -> Context:
@@ -98,6 +109,10 @@ def make_context(cfg: Config, resume: bool = False, progress: bool = True, stage
     scope = data_scope(stages)
     run_dir = resolve_run_dir(cfg.run.name, cfg.run.out_dir)
     prep = None
+    if scope == "none":
+        if not (run_dir / CONFIG_FILENAME).is_file():
+            raise FileNotFoundError(f"{run_dir} holds no run (no {CONFIG_FILENAME}): run the earlier stages first")
+        return Context(cfg, run_dir, None, device, env, resume)
     if env.local_rank == 0:
         prep = prepare_data(cfg, progress=progress and env.is_main, scope=scope)  # validates first: nothing written for bad data
     if env.is_main:
@@ -183,30 +198,73 @@ def fold_fingerprint(prep: PreparedData, fold: int) -> str:
 
 
 class FoldResults:
-    """Out-of-fold logits and per-fold rows of one stage, gathered fold by fold."""
+    """Out-of-fold logits and per-fold rows of one stage, gathered fold by fold.
+
+    With the trained model, :meth:`add` also predicts the fold's validation images under every
+    TTA view of ``infer.tta`` (the best weights, every DDP rank taking its share), so each
+    view's gain is measured out of fold: ``oof_tta.npz`` holds one logits array per view.
+    """
 
     def __init__(self, ctx: Context, stage: str):
+        from .infer import parse_list
+
         self.ctx, self.stage = ctx, stage
         self.stage_dir = ctx.run_dir / stage
         n = len(ctx.prep.index.train_ids)
         self.oof = np.zeros((n, ctx.prep.num_classes), dtype=np.float32)
         self.done = np.zeros(n, dtype=bool)
         self.rows: list[dict] = []
+        self.views = parse_list(ctx.cfg.infer.tta) or ["orig"]
+        self.tta = {v: np.zeros_like(self.oof) for v in self.views} if len(self.views) > 1 else {}
 
-    def add(self, fold: int, res, **extra) -> None:
+    def add(self, fold: int, res, model=None, train_cfg: TrainConfig | None = None, **extra) -> None:
         _, va = self.ctx.prep.fold_indices(fold)
         if self.ctx.main and res.val_logits is not None:
             self.oof[va] = res.val_logits
             self.done[va] = True
+        if model is not None and self.tta and res.best_state is not None:
+            self._predict_views(fold, va, res, model, train_cfg)
         self.rows.append({"fold": fold, "val_loss": res.best_val_loss, "val_acc": res.best_val_acc, "best_epoch": res.best_epoch,
                           "epochs_run": res.epochs_run, "stopped_early": res.stopped_early, **extra})
 
+    def _predict_views(self, fold: int, va: np.ndarray, res, model, train_cfg: TrainConfig | None) -> None:
+        from ..engine import amp_dtype, evaluate
+        from ..models import bare_model
+        from .infer import tta_view
+
+        model = bare_model(model)
+        model.load_state_dict(res.best_state)
+        amp = amp_dtype(train_cfg.amp, self.ctx.device) if train_cfg else None
+        tcfg = train_cfg or self.ctx.cfg.student.train
+        for view in self.views:
+            if view == "orig":  # the fit's own validation pass (on rank 0; the same decision on every rank)
+                logits = res.val_logits
+            else:
+                _, loader = self.ctx.loaders(fold, tcfg, val_extra=tta_view(view, self.ctx.cfg.aug))
+                _, _, logits = evaluate(model, loader, self.ctx.device, amp)
+            if self.ctx.main and logits is not None:
+                self.tta[view][va] = logits
+
     def finish(self, **extra) -> dict:
-        """oof.csv and cv.json (rank 0); returns the CV summary ({} on other ranks)."""
+        """oof.csv, cv.json, the confusion matrix and oof_tta.npz (rank 0); returns the CV summary ({} on other ranks)."""
         if not self.ctx.main:
             return {}
+        from ..report import save_confusion
+
         write_oof(self.stage_dir, self.ctx.prep, self.oof, self.done)
         summary = cv_summary(self.stage_dir, self.ctx.prep, self.rows, self.oof, self.done, **extra)
+        y = self.ctx.prep.index.train_targets[self.done]
+        save_confusion(y, self.oof[self.done].argmax(1), self.ctx.prep.classes, self.stage_dir, title=f"{self.stage} out-of-fold")
+        if self.tta:
+            with atomic_path(self.stage_dir / "oof_tta.npz") as tmp:
+                with open(tmp, "wb") as f:
+                    np.savez(f, **self.tta)
+            summary["tta"] = {}
+            for v, logits in self.tta.items():
+                logp = logits[self.done] - logits[self.done].max(1, keepdims=True)
+                logp = logp - np.log(np.exp(logp).sum(1, keepdims=True))
+                summary["tta"][v] = {"loss": float(-logp[np.arange(len(y)), y].mean()), "acc": float((logp.argmax(1) == y).mean())}
+            atomic_write_json(self.stage_dir / "cv.json", summary)
         _logger.info(f"{self.stage} CV: loss {summary['overall']['loss']:.4f}, acc {summary['overall']['acc']:.4f}")
         return summary
 

@@ -134,7 +134,13 @@ def run_infer(ctx: Context) -> dict:
     solution = ctx.prep.index.root / "solution.csv"  # the demo data's hidden labels
     if solution.is_file():
         truth = pd.read_csv(solution, dtype=str).set_index(schema.submission_columns[0])[schema.submission_label_column]
-        pred = [classes[i] for i in probs.argmax(1)]
-        summary["test_acc_on_solution_csv"] = float(np.mean([truth.get(i) == p for i, p in zip(ids, pred)]))
+        truth = [truth.get(i) for i in ids]
+
+        def acc(p: np.ndarray) -> float:
+            return float(np.mean([t == classes[j] for t, j in zip(truth, p.argmax(1))]))
+
+        summary["test_acc_on_solution_csv"] = acc(probs)
+        for info, p in zip(member_info, member_probs):  # each member alone, for the report's ensemble section
+            info["test_acc"] = acc(p)
     atomic_write_json(out_dir / "members.json", summary)
     return summary

@@ -18,7 +18,6 @@ from ..config import KDConfig
 from ..engine import fit, seed_everything
 from ..mixing import create_mixing
 from ..models import create_model
-from ..report import save_confusion
 from .common import Context, FoldResults, fold_fingerprint, load_checkpoint_model, model_meta
 
 _logger = logging.getLogger("sonokit")
@@ -75,27 +74,37 @@ def make_student_task(
     )
 
 
-def run_student(ctx: Context) -> dict:
-    """Distil every selected fold's teacher into the student; best.pt per fold, oof, CV, confusion."""
+def _train_students(ctx: Context, kd: bool, stage: str) -> dict:
     cfg = ctx.cfg
     scfg = cfg.student
-    results = FoldResults(ctx, "student")
+    results = FoldResults(ctx, stage)
     mixing = create_mixing(scfg.mix, ctx.prep.num_classes)
     for fold in ctx.folds():
-        teacher = load_fold_teacher(ctx, fold, ctx.device) if scfg.kd.enabled else None
+        teacher = load_fold_teacher(ctx, fold, ctx.device) if kd else None
         student = build_student(ctx, fold)
         task = make_student_task(student, teacher, scfg.kd, ctx.prep.mean, ctx.prep.std, ctx.device, soft_targets=mixing is not None)
         train_loader, val_loader = ctx.loaders(fold, scfg.train)
-        meta = model_meta(scfg.model.name, scfg.model.in_chans, ctx.prep, cfg, fold=fold, stage="student", kd=scfg.kd.enabled)
+        meta = model_meta(scfg.model.name, scfg.model.in_chans, ctx.prep, cfg, fold=fold, stage=stage, kd=kd)
         res = fit(
             task, train_loader, val_loader, scfg.train, results.stage_dir / f"fold{fold}", ctx.device,
-            seed=cfg.run.seed + 1000 + fold, resume=ctx.resume, batch_transform=mixing, meta=meta,
-            desc=f"student fold {fold}{'' if scfg.kd.enabled else ' (no KD)'}",
+            seed=cfg.run.seed + 1000 + fold, resume=ctx.resume, callbacks=ctx.callbacks, batch_transform=mixing, meta=meta,
+            desc=f"student fold {fold}{'' if kd else ' (no KD)'}",
         )
-        results.add(fold, res)
-    summary = results.finish(kd=scfg.kd.enabled)
-    if ctx.main:
-        done = results.done
-        save_confusion(ctx.prep.index.train_targets[done], results.oof[done].argmax(1), ctx.prep.classes, results.stage_dir,
-                       title="student out-of-fold")
+        results.add(fold, res, student, scfg.train)
+    return results.finish(kd=kd)
+
+
+def run_student(ctx: Context) -> dict:
+    """Distil every selected fold's teacher into the student; best.pt per fold, oof, CV, confusion.
+
+    With ``student.kd.control`` the same students (same seeds, batches and mixing) are also trained
+    without the teacher, into ``student_nokd/``: the control that measures what KD bought.
+    Returns the student's summary, with the control's under "control".
+    """
+    kd = ctx.cfg.student.kd
+    summary = _train_students(ctx, kd.enabled, "student")
+    if kd.enabled and kd.control:
+        control = _train_students(ctx, False, "student_nokd")
+        if ctx.main:
+            summary["control"] = control
     return summary
