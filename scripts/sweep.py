@@ -1,12 +1,17 @@
 #!/usr/bin/env python
-"""Short cross-validated trainings over a grid of config overrides (models, sizes, augmentation...).
+"""Model and recipe search on Optuna: short cross-validated trainings, one shared study, any number of workers.
 
-  python scripts/sweep.py --grid grid.yaml --data DIR [--name NAME] [--gpus N] [--shard i/n]
+  python scripts/sweep.py --grid src/sonokit/grids/step1_models.yaml --data DIR [--gpus N]
+  python scripts/sweep.py --grid GRID.yaml --data DIR --storage postgresql://user@db/sonokit   # many machines
 
-See src/sonokit/sweep.py for the grid format. Outputs under runs/<name>/: one JSON per run in
-results/, results.csv, results.md, gflops_vs_loss.png and gflops_vs_acc.png. Re-running skips
-finished runs; --gpus N runs N trainings at once (one per GPU); --shard i/n splits the grid
-across machines that share the output directory. A failing model is recorded, not fatal.
+See src/sonokit/sweep.py for the grid/search file. The study lives in one storage: by default the
+journal file runs/<name>/study.log (any number of processes on this machine or a shared
+filesystem), or --storage URL (a database) for many machines. --gpus N starts N workers here, one
+per GPU; the same command on another machine joins the same study: every grid point runs once,
+with no manual sharding. A failed trial is recorded with its error; a trial whose worker died is
+queued again; re-running continues the study. Outputs in runs/<name>/: results.csv, results.md,
+gflops_vs_loss.png and gflops_vs_acc.png with the Pareto front. optuna-dashboard reads the same
+storage (the command is printed at the end).
 """
 from __future__ import annotations
 
@@ -21,53 +26,70 @@ from sonokit.cli import run_main, setup_logging
 
 def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--grid", required=True, help="grid YAML file")
+    ap.add_argument("--grid", required=True, help="grid or search YAML file")
     ap.add_argument("--data", required=True, help="data directory")
-    ap.add_argument("--name", default="", help="sweep name: outputs in runs/<name>/ (default: sweep-<grid file stem>)")
-    ap.add_argument("--out-dir", default="", help="parent of the sweep directory (default: ./runs)")
+    ap.add_argument("--name", default="", help="study and folder name: outputs in runs/<name>/ (default: sweep-<grid file stem>)")
+    ap.add_argument("--out-dir", default="", help="parent of the sweep folder (default: ./runs)")
+    ap.add_argument("--storage", default="", help="Optuna storage: a database URL, or a journal file (default: <sweep folder>/study.log)")
     ap.add_argument("--config", action="append", default=[], help="base YAML config (repeatable)")
-    ap.add_argument("--set", action="append", default=[], dest="overrides", help="override for every run (key=value)")
-    ap.add_argument("--gpus", type=int, default=-1, help="runs at once, one per GPU (default: all GPUs; 0 = CPU, one at a time)")
-    ap.add_argument("--shard", default="0/1", help="this machine's share of the grid: i/n (default 0/1, everything)")
-    ap.add_argument("--flops", choices=("true", "competition"), default="true", help="x axis of the plots")
-    ap.add_argument("--worker", default="", help=argparse.SUPPRESS)
+    ap.add_argument("--set", action="append", default=[], dest="overrides", help="override for every trial (key=value)")
+    ap.add_argument("--gpus", type=int, default=-1, help="workers on this machine, one per GPU (default: every GPU; 0 = one CPU worker)")
+    ap.add_argument("--stale-after", type=float, default=0, help="seconds without a heartbeat after which another machine's "
+                                                                 "running trial counts as dead and is queued again (default: never)")
+    ap.add_argument("--flops", choices=("true", "competition"), default="true", help="x axis of the plots and the front")
+    ap.add_argument("--seed", type=int, default=0, help="sampler seed")
+    ap.add_argument("--worker", action="store_true", help=argparse.SUPPRESS)
     a = ap.parse_args(argv)
 
     def go() -> int:
         setup_logging()
-        from sonokit.paths import default_runs_dir
-        from sonokit.sweep import aggregate, load_grid, parse_shard, run_sweep
-
-        grid = load_grid(a.grid, parse_shard(a.shard))
-        sweep_dir = (Path(a.out_dir) if a.out_dir else default_runs_dir()) / (a.name or f"sweep-{Path(a.grid).stem}")
-        sweep_dir.mkdir(parents=True, exist_ok=True)
         import torch
 
+        from sonokit.deps import require
+        from sonokit.paths import default_runs_dir
+        from sonokit.stages import requirements
+        from sonokit.sweep import aggregate, load_grid, open_storage, open_study, run_worker
+
+        grid = load_grid(a.grid)
+        name = a.name or f"sweep-{Path(a.grid).stem}"
+        sweep_dir = (Path(a.out_dir) if a.out_dir else default_runs_dir()) / name
+        sweep_dir.mkdir(parents=True, exist_ok=True)
+        storage = a.storage or str(sweep_dir / "study.log")
         gpus = a.gpus if a.gpus >= 0 else torch.cuda.device_count()
         extra = list(a.overrides) + [f"run.device={'cuda' if gpus > 0 else 'cpu'}"]
-        if a.worker:
-            run_sweep(grid, sweep_dir, a.data, a.config, extra, worker=parse_shard(a.worker), progress=False)
-            return 0
-        if gpus > 1:
+        from sonokit.config import load_config
+
+        require([*requirements(load_config(a.config, list(a.overrides)), [*grid.stages, "flops"]), "optuna"])
+        if gpus > 1 and not a.worker:
+            open_study(grid, open_storage(storage), name, a.seed)  # created (and queued) once, before the workers race
             procs = []
             for g in range(gpus):
                 env = {**os.environ, "CUDA_VISIBLE_DEVICES": str(g)}
-                cmd = [sys.executable, __file__, *(argv if argv is not None else sys.argv[1:]), "--worker", f"{g}/{gpus}"]
-                procs.append(subprocess.Popen(cmd, env=env))
+                args = [*(argv if argv is not None else sys.argv[1:]), "--worker", "--storage", storage, "--name", name]
+                procs.append(subprocess.Popen([sys.executable, __file__, *args], env=env))
             codes = [p.wait() for p in procs]
             if any(codes):
                 print(f"error: sweep worker exit codes {codes}", file=sys.stderr)
-            ran = len(grid.points)
-            skipped = 0
+            ran = {}
         else:
-            ran, skipped = run_sweep(grid, sweep_dir, a.data, a.config, extra)
-        recs = aggregate(sweep_dir, a.flops)
-        ok = sum(r["status"] == "ok" for r in recs)
-        failed = [r for r in recs if r["status"] != "ok"]
-        print(f"sweep {sweep_dir}: {ran} run(s) now, {skipped} already finished; {ok} ok, {len(failed)} failed or skipped")
-        for r in failed:
-            print(f"  {r['run_id']} ({r['label']}): {r['status']}: {r.get('error', '')[:200]}")
+            ran = run_worker(grid, storage, name, sweep_dir, a.data, a.config, extra, a.seed, progress=not a.worker,
+                             stale_after_s=a.stale_after)
+        if a.worker:
+            return 0
+        study, _ = open_study(grid, open_storage(storage), name, a.seed)
+        df = aggregate(study, sweep_dir, a.flops)
+        counts = df["status"].value_counts().to_dict()
+        here = ", ".join(f"{v} {k}" for k, v in sorted(ran.items())) or "none"
+        print(f"study {name}: {len(df)} trial(s): " + ", ".join(f"{v} {k}" for k, v in sorted(counts.items()))
+              + f"; this command ran: {here}")
+        for r in df[df["status"].isin(["failed", "skipped"])].to_dict("records"):
+            print(f"  trial {r['trial']} ({r['label']}): {r['status']}: {str(r['error'])[:200]}")
+        front = df[df["pareto"]]
+        if len(front):
+            print("Pareto front (accuracy against GFLOPs): " + "; ".join(
+                f"{r['label']} acc {r['val_acc']:.4f} @ {r[f'{a.flops}_gflops']:.4f}" for r in front.to_dict("records")))
         print(f"results: {sweep_dir / 'results.md'}, {sweep_dir / 'results.csv'}, plots: {sweep_dir}/gflops_vs_*.png")
+        print(f"dashboard: optuna-dashboard {storage}")
         return 0
 
     return run_main(go)

@@ -54,6 +54,7 @@ REQUIREMENTS: dict[str, Requirement] = {r.dist: r for r in (
     Requirement("PyYAML", "yaml", "", ""),
     Requirement("tqdm", "tqdm", "", ""),
     Requirement("pillow", "PIL", "9.1", "Image.Resampling"),
+    Requirement("optuna", "optuna", "5.0", "the sweep's study (optuna.storages.journal.JournalFileBackend)"),
 )}
 
 #: What every training or predicting stage imports.
