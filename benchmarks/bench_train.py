@@ -47,7 +47,7 @@ def main():
         loader, _ = ctx.loaders(0, cfg.student.train)
         model = create_model(cfg.student.model.name, ctx.prep.num_classes, cfg.student.model.in_chans).to(ctx.device)
         opt = torch.optim.AdamW(model.parameters(), lr=1e-3)
-        mixing = create_mixing(cfg.student.mix, ctx.prep.num_classes)
+        mixing = ctx.batch_transform(0, create_mixing(cfg.student.mix, ctx.prep.num_classes))  # device aug (when on) + mixing
         crit = SoftTargetCrossEntropy()
         amp = amp_dtype("auto", ctx.device)
 

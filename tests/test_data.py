@@ -202,6 +202,31 @@ def test_loader_with_workers_sees_epoch(tiny_data, tmp_path):
     assert not torch.equal(next(iter(loader))[0], a)
 
 
+class WhoLoads(torch.utils.data.Dataset):
+    """Each sample says which process loaded it."""
+
+    def __len__(self):
+        return 12
+
+    def __getitem__(self, i):
+        import os
+
+        return torch.zeros(3, 4, 4, dtype=torch.uint8), os.getpid()
+
+
+def test_loader_workers_persist_across_epochs():
+    """Workers start once per loader, not every epoch (nor every validation pass)."""
+    import os
+
+    for train in (True, False):
+        loader = create_loader(WhoLoads(), 4, train, num_workers=2)
+        seen = []
+        for epoch in range(3):
+            set_epoch(loader, epoch)
+            seen.append({int(p) for _, pids in loader for p in pids})
+        assert seen[0] == seen[1] == seen[2] and len(seen[0]) == 2 and os.getpid() not in seen[0]
+
+
 # ----------------------------------------------------------------------------- folds
 def test_folds_stratified_and_seeded():
     labels = ["a"] * 50 + ["b"] * 30 + ["c"] * 20

@@ -41,6 +41,7 @@ class DataConfig:
 
 @dataclass
 class AugConfig:
+    device: str = "auto"  # where train augmentation runs: auto (gpu on CUDA), cpu (loader workers), gpu (per batch, training device)
     rotate_limit: float = 15.0  # degrees; 0 disables Rotate
     rotate_p: float = 0.5
     fancy_pca_p: float = 0.5

@@ -505,6 +505,8 @@ def fit(
     while not state.done and state.epoch + 1 < cfg.epochs:
         epoch = state.epoch + 1
         set_epoch(train_loader, epoch)
+        if hasattr(batch_transform, "set_epoch"):  # device augmentation: its draws are seeded per epoch
+            batch_transform.set_epoch(epoch)
         stats = train_one_epoch(task, train_loader, optimizer, state, cfg, device, scaler, ema, warmup, batch_transform,
                                 callbacks or [], desc)
         metrics, logits = _validate(model, ema, val_loader, device, cfg)

@@ -63,15 +63,17 @@ class PreparedData:
             raise ValueError(f"fold {fold} out of range 0..{int(f.max())}")
         return (f != fold).nonzero()[0], (f == fold).nonzero()[0]
 
-    def fold_datasets(self, fold: int, seed: int = 0, val_extra: list | None = None) -> tuple[ImageDataset, ImageDataset]:
-        """The fold's (train, validation) datasets; ``val_extra``: view transforms for the validation images (TTA)."""
+    def fold_datasets(self, fold: int, seed: int = 0, val_extra: list | None = None,
+                      aug_on_device: bool = False) -> tuple[ImageDataset, ImageDataset]:
+        """The fold's (train, validation) datasets; ``val_extra``: view transforms for the validation images (TTA);
+        ``aug_on_device``: the train images only decoded (augmented per batch on the device)."""
         d = self.cfg.data
         tr, va = self.fold_indices(fold)
         y = self.index.train_targets
         train_ds = ImageDataset(
             [self.train_crop_entries[i] for i in tr],
             y[tr],
-            train_transform(d.image_size, d.resize_size, self.cfg.aug),
+            train_transform(d.image_size, d.resize_size, self.cfg.aug, on_device=aug_on_device),
             seed=seed,
         )
         val_ds = ImageDataset([self.train_eval_entries[i] for i in va], y[va], self.eval_tf(val_extra), seed=seed)

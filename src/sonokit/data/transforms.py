@@ -69,11 +69,17 @@ class FancyPCA(A.ImageOnlyTransform):
         return ("alpha",)
 
 
-def train_transform(image_size: int, resize_size: int, aug: AugConfig | None = None) -> A.Compose:
-    """Resize to ``resize_size``, RandomCrop ``image_size``, Rotate, (flips), FancyPCA -> uint8 CHW."""
+def train_transform(image_size: int, resize_size: int, aug: AugConfig | None = None, on_device: bool = False) -> A.Compose:
+    """Resize to ``resize_size``, RandomCrop ``image_size``, Rotate, (flips), FancyPCA -> uint8 CHW.
+
+    ``on_device``: only the resize (a no-op on cache entries, already at resize_size); the rest
+    runs per batch on the training device (:class:`sonokit.data.device_aug.DeviceAugment`).
+    """
     aug = aug or AugConfig()
     if resize_size < image_size:
         raise ValueError(f"resize_size ({resize_size}) must be at least image_size ({image_size})")
+    if on_device:
+        return A.Compose([A.Resize(resize_size, resize_size, interpolation=cv2.INTER_AREA), ToTensorV2()])
     ts = [A.Resize(resize_size, resize_size, interpolation=cv2.INTER_AREA), A.RandomCrop(image_size, image_size)]
     if aug.rotate_limit > 0 and aug.rotate_p > 0:
         ts.append(A.Rotate(limit=aug.rotate_limit, border_mode=cv2.BORDER_CONSTANT, fill=0, p=aug.rotate_p))

@@ -35,6 +35,24 @@ class Context:
     def main(self) -> bool:
         return self.env.is_main
 
+    @property
+    def aug_on_device(self) -> bool:
+        """Whether train augmentation runs per batch on the training device (``aug.device``)."""
+        from ..data.device_aug import resolve_aug_device
+
+        return resolve_aug_device(self.cfg.aug.device, self.device) == "gpu"
+
+    def batch_transform(self, fold: int, mixing=None):
+        """What fit() applies to each training batch: the device augmentation (when on), then CutMix/MixUp."""
+        if not self.aug_on_device:
+            return mixing
+        from ..data.device_aug import Chain, DeviceAugment
+
+        d = self.cfg.data
+        augment = DeviceAugment(d.image_size, self.cfg.aug, self.prep.mean, self.prep.std, seed=self.cfg.run.seed + fold,
+                                rank=self.env.rank)
+        return Chain(augment, mixing)
+
     def assets(self) -> Path | None:
         """The assets folder (ImageNet weights, wheels) of ``run.assets``, or None."""
         return resolve_assets(self.cfg.run.assets)
@@ -69,7 +87,7 @@ class Context:
             raise ValueError(f"train.batch_size {train_cfg.batch_size} is not divisible by {world} processes")
         per_rank = train_cfg.batch_size // world
         seed = self.cfg.run.seed + fold
-        train_ds, val_ds = self.prep.fold_datasets(fold, seed=seed, val_extra=val_extra)
+        train_ds, val_ds = self.prep.fold_datasets(fold, seed=seed, val_extra=val_extra, aug_on_device=self.aug_on_device)
         kw = dict(device=self.device, mean=self.prep.mean, std=self.prep.std, num_workers=self.cfg.data.num_workers, distributed=self.env.enabled)
         return (
             create_loader(train_ds, per_rank, True, seed=seed, **kw),

@@ -104,7 +104,7 @@ def _run_mode(ctx: Context, mode: str) -> dict:
         meta = model_meta(smeta["model"], in_chans, ctx.prep, cfg, fold=fold, stage=results.stage, hrank_mode=mode,
                           hrank_ratio=hcfg.ratio, pruned=mode == "prune", **meta_extra)
         res = fit(task, train_loader, val_loader, hcfg.train, fold_dir, ctx.device, seed=cfg.run.seed + 2000 + fold,
-                  resume=ctx.resume, callbacks=ctx.callbacks, batch_transform=mixing, meta=meta, desc=f"hrank-{mode} fold {fold}")
+                  resume=ctx.resume, callbacks=ctx.callbacks, batch_transform=ctx.batch_transform(fold, mixing), meta=meta, desc=f"hrank-{mode} fold {fold}")
         report["after"] = {"val_loss": res.best_val_loss, "val_acc": res.best_val_acc, "best_epoch": res.best_epoch}
         results.add(fold, res, model, hcfg.train, before_val_acc=before_acc, before_val_loss=before_loss)
         if ctx.main:

@@ -87,7 +87,7 @@ def _train_students(ctx: Context, kd: bool, stage: str) -> dict:
         meta = model_meta(scfg.model.name, scfg.model.in_chans, ctx.prep, cfg, fold=fold, stage=stage, kd=kd)
         res = fit(
             task, train_loader, val_loader, scfg.train, results.stage_dir / f"fold{fold}", ctx.device,
-            seed=cfg.run.seed + 1000 + fold, resume=ctx.resume, callbacks=ctx.callbacks, batch_transform=mixing, meta=meta,
+            seed=cfg.run.seed + 1000 + fold, resume=ctx.resume, callbacks=ctx.callbacks, batch_transform=ctx.batch_transform(fold, mixing), meta=meta,
             desc=f"student fold {fold}{'' if kd else ' (no KD)'}",
         )
         results.add(fold, res, student, scfg.train)

@@ -30,7 +30,8 @@ def run_teacher(ctx: Context) -> dict:
         meta = model_meta(cfg.teacher.model.name, cfg.teacher.model.in_chans, ctx.prep, cfg, fold=fold, stage="teacher")
         res = fit(
             task, train_loader, val_loader, cfg.teacher.train, results.stage_dir / f"fold{fold}", ctx.device,
-            seed=cfg.run.seed + fold, resume=ctx.resume, callbacks=ctx.callbacks, meta=meta, desc=f"teacher fold {fold}",
+            seed=cfg.run.seed + fold, resume=ctx.resume, callbacks=ctx.callbacks, batch_transform=ctx.batch_transform(fold),
+            meta=meta, desc=f"teacher fold {fold}",
         )
         results.add(fold, res, model, cfg.teacher.train)
     return results.finish()
