@@ -22,13 +22,22 @@ from sonokit.stages.student import make_student_task
 
 
 def step_rate(task, opt, x, y, mixing, device, amp, steps):
+    """Images/s of training steps on in-memory batches: mixing, forward under AMP, backward, AdamW step
+    (fp16 through a GradScaler, as the training loop does)."""
+    scaler = torch.amp.GradScaler("cuda") if amp == torch.float16 else None
+
     def one():
         xb, yb = mixing(x.clone(), y)
         with autocast(device, amp):
             loss = task(xb, yb)["loss"]
         opt.zero_grad(set_to_none=True)
-        loss.backward()
-        opt.step()
+        if scaler is not None:
+            scaler.scale(loss).backward()
+            scaler.step(opt)
+            scaler.update()
+        else:
+            loss.backward()
+            opt.step()
 
     one()  # warm-up
     if device.type == "cuda":
@@ -39,6 +48,26 @@ def step_rate(task, opt, x, y, mixing, device, amp, steps):
     if device.type == "cuda":
         torch.cuda.synchronize()
     return steps * x.shape[0] / (time.perf_counter() - t0)
+
+
+def measure(device, size: int, batch: int, steps: int, teacher: str, student: str, kinds=("student only", "KD (teacher + student)")):
+    """{kind: images/s} for a student-only step and a KD step (teacher forward + student step)."""
+    amp = amp_dtype("auto", device)
+    torch.manual_seed(0)
+    np.random.seed(0)
+    x = torch.randn(batch, 3, size, size, device=device)
+    y = torch.randint(0, 8, (batch,), device=device)
+    mixing = BatchMixing(MixConfig(), num_classes=8)
+    norm = ((0.5,) * 3, (0.25,) * 3)
+    results = {}
+    for name in kinds:
+        s = create_model(student, 8, 1).to(device)
+        t = create_model(teacher, 8, 3).to(device).eval() if name.startswith("KD") else None
+        task = make_student_task(s, t, KDConfig(), *norm, device, soft_targets=True).to(device)
+        task.train()
+        opt = torch.optim.AdamW(s.parameters(), lr=1e-3)
+        results[name] = step_rate(task, opt, x, y, mixing, device, amp, steps)
+    return results
 
 
 def main():
@@ -55,20 +84,7 @@ def main():
     size = a.size or (256 if gpu else 64)
     batch = a.batch or (64 if gpu else 8)
     amp = amp_dtype("auto", device)
-    torch.manual_seed(0)
-    np.random.seed(0)
-    x = torch.randn(batch, 3, size, size, device=device)
-    y = torch.randint(0, 8, (batch,), device=device)
-    mixing = BatchMixing(MixConfig(), num_classes=8)
-    norm = ((0.5,) * 3, (0.25,) * 3)
-    results = {}
-    for name, with_teacher in (("student only", False), ("KD (teacher + student)", True)):
-        student = create_model(a.student, 8, 1).to(device)
-        teacher = create_model(a.teacher, 8, 3).to(device).eval() if with_teacher else None
-        task = make_student_task(student, teacher, KDConfig(), *norm, device, soft_targets=True).to(device)
-        task.train()
-        opt = torch.optim.AdamW(student.parameters(), lr=1e-3)
-        results[name] = step_rate(task, opt, x, y, mixing, device, amp, a.steps)
+    results = measure(device, size, batch, a.steps, a.teacher, a.student)
     print(f"device={device} size={size} batch={batch} amp={amp} teacher={a.teacher} student={a.student}")
     for k, v in results.items():
         print(f"{k:>24}: {v:8.1f} img/s")

@@ -19,17 +19,14 @@ import tempfile
 import time
 from pathlib import Path
 
-import numpy as np
 import torch
+from bench_kd import measure  # the KD step exactly as bench_kd measures it
 
-from sonokit.config import KDConfig, MixConfig, load_config
+from sonokit.config import load_config
 from sonokit.demo import make_demo_data
 from sonokit.distributed import resolve_device
-from sonokit.engine import amp_dtype, autocast
-from sonokit.mixing import BatchMixing
-from sonokit.models import create_model
+from sonokit.engine import amp_dtype
 from sonokit.stages.common import make_context
-from sonokit.stages.student import make_student_task
 
 
 def loader_rate(ctx, cfg, batches: int, epochs: int = 2) -> float:
@@ -58,44 +55,6 @@ def loader_rate(ctx, cfg, batches: int, epochs: int = 2) -> float:
     t0 = time.perf_counter()
     n = sum(one_pass(e + 1, batches) for e in range(epochs))
     return n / (time.perf_counter() - t0)
-
-
-def kd_step_rate(device, size, batch, steps, teacher, student) -> float:
-    amp = amp_dtype("auto", device)
-    torch.manual_seed(0)
-    np.random.seed(0)
-    x = torch.randn(batch, 3, size, size, device=device)
-    y = torch.randint(0, 8, (batch,), device=device)
-    mixing = BatchMixing(MixConfig(), num_classes=8)
-    s = create_model(student, 8, 1).to(device)
-    t = create_model(teacher, 8, 3).to(device).eval()
-    task = make_student_task(s, t, KDConfig(), (0.5,) * 3, (0.25,) * 3, device, soft_targets=True).to(device)
-    task.train()
-    opt = torch.optim.AdamW(s.parameters(), lr=1e-3)
-    scaler = torch.amp.GradScaler("cuda") if amp == torch.float16 else None
-
-    def one():
-        xb, yb = mixing(x.clone(), y)
-        with autocast(device, amp):
-            loss = task(xb, yb)["loss"]
-        opt.zero_grad(set_to_none=True)
-        if scaler is not None:
-            scaler.scale(loss).backward()
-            scaler.step(opt)
-            scaler.update()
-        else:
-            loss.backward()
-            opt.step()
-
-    one()
-    if device.type == "cuda":
-        torch.cuda.synchronize()
-    t0 = time.perf_counter()
-    for _ in range(steps):
-        one()
-    if device.type == "cuda":
-        torch.cuda.synchronize()
-    return steps * batch / (time.perf_counter() - t0)
 
 
 def main():
@@ -127,7 +86,7 @@ def main():
             rates[f"loader, augmentation on the {'CPU workers' if aug == 'cpu' else 'device (' + device.type + ')'}"] = \
                 loader_rate(ctx, cfg, n_batches)
         workers = ctx.loaders(0, cfg.student.train)[0].loader.num_workers
-        step = kd_step_rate(device, size, batch, a.steps or (20 if gpu else 3), a.teacher, a.student)
+        step = measure(device, size, batch, a.steps or (20 if gpu else 3), a.teacher, a.student, kinds=("KD",))["KD"]
     print(f"device={device} size={size} batch={batch} workers={workers} KD={a.teacher}->{a.student} amp={amp_dtype('auto', device)}")
     for k, v in rates.items():
         print(f"{k:>48}: {v:8.1f} img/s")

@@ -45,9 +45,8 @@ def main(argv=None) -> int:
         setup_logging()
         import torch
 
-        from sonokit.deps import require
+        from sonokit.deps import require, requirements
         from sonokit.paths import default_runs_dir
-        from sonokit.stages import requirements
         from sonokit.sweep import aggregate, load_grid, open_storage, open_study, run_worker
 
         grid = load_grid(a.grid)

@@ -155,9 +155,9 @@ def main(argv=None) -> int:
             extra.append(f"student.kd.enabled={'true' if a.kd == 'on' else 'false'}")
         cfg = config_from_args(a, extra)
         from sonokit import stages as st
-        from sonokit.deps import require
+        from sonokit.deps import require, requirements
 
-        require(st.requirements(cfg, stages))  # names each missing or too old package before any work
+        require(requirements(cfg, stages))  # names each missing or too old package before any work
         ctx = st.make_context(cfg, resume=a.resume, stages=stages)
         for stage in [s for s in STAGES if s in stages]:
             run = st.runner(stage)

@@ -16,7 +16,8 @@ ROOT = Path(__file__).resolve().parents[1]
 @pytest.mark.slow
 def test_demo_runs_the_whole_pipeline(tmp_path):
     env = {**os.environ, "SONOKIT_SUBMISSIONS": str(tmp_path / "subs")}
-    fast = ["--set", "teacher.train.epochs=1", "--set", "student.train.epochs=1", "--set", "hrank.train.epochs=1"]
+    fast = ["--set", "teacher.train.epochs=1", "--set", "student.train.epochs=1", "--set", "hrank.train.epochs=1",
+            "--set", "teacher.train.max_batches=3", "--set", "student.train.max_batches=3", "--set", "hrank.train.max_batches=3"]
     r = subprocess.run([sys.executable, str(ROOT / "scripts" / "train_local.py"), "--demo", *fast], cwd=tmp_path, env=env,
                        capture_output=True, text=True, timeout=900)
     assert r.returncode == 0, r.stderr[-3000:]

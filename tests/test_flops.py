@@ -53,12 +53,30 @@ def test_plain_conv_models_agree():
     assert full == pytest.approx(t, rel=0.05)
 
 
-def verify(*args):
-    return subprocess.run([sys.executable, str(VERIFY), *args], capture_output=True, text=True, timeout=300)
+def verify(*args, in_process: bool = True):
+    """Run scripts/verify_flops.py: in this process (its main(), exit code and printed text), or as a command."""
+    if not in_process:
+        return subprocess.run([sys.executable, str(VERIFY), *args], capture_output=True, text=True, timeout=300)
+    import contextlib
+    import io
+    import types
+
+    sys.path.insert(0, str(VERIFY.parent))
+    try:
+        import verify_flops
+    finally:
+        sys.path.pop(0)
+    out, err = io.StringIO(), io.StringIO()
+    with contextlib.redirect_stdout(out), contextlib.redirect_stderr(err):
+        try:
+            rc = verify_flops.main(list(args))
+        except SystemExit as e:
+            rc = e.code
+    return types.SimpleNamespace(returncode=rc, stdout=out.getvalue(), stderr=err.getvalue())
 
 
 def test_verify_flops_exit_codes(tmp_path):
-    r = verify("--model", "nf_regnet_b1", "--size", "256", "--in-chans", "1", "--json", str(tmp_path / "f.json"))
+    r = verify("--model", "nf_regnet_b1", "--size", "256", "--in-chans", "1", "--json", str(tmp_path / "f.json"), in_process=False)
     assert r.returncode == 0, r.stderr
     assert "0.0092865 GFLOPs" in r.stdout and "MATCH" in r.stdout and "true FLOPs" in r.stdout and "why they differ" in r.stdout
     d = json.loads((tmp_path / "f.json").read_text())

@@ -211,7 +211,7 @@ def test_hrank_stage_prune_then_infer(demo_data, tmp_path):
             "--set", "data.resize_size=40", "--set", "data.folds=2", "--set", "data.num_workers=0",
             "--set", "teacher.model.name=efficientnet-b0", "--set", "teacher.train.epochs=1", "--set", "teacher.train.batch_size=8",
             "--set", "student.train.epochs=1", "--set", "student.train.batch_size=8", "--set", "hrank.train.epochs=1",
-            "--set", "hrank.train.batch_size=8", "--set", "hrank.rank_batches=2", "--set", "infer.stage=hrank", *NO_WEIGHTS]
+            "--set", "hrank.train.batch_size=8", "--set", "hrank.rank_batches=2", "--set", "infer.stage=hrank", "--set", "infer.tta=orig", *NO_WEIGHTS]
     r = subprocess.run([sys.executable, str(ROOT / "scripts" / "train_local.py"), "--stages", "teacher,student,hrank,infer",
                         "--hrank-mode", "prune", "--hrank-ratio", "0.25", *args], capture_output=True, text=True, timeout=900)
     assert r.returncode == 0, r.stderr[-3000:]

@@ -208,6 +208,8 @@ def run_dir(tiny_data, tmp_path):
                "weights": None}
     (run / "infer" / "members.json").write_text(json.dumps(members))
     write(run / "submission.csv", ["image_id", "label"], [("t0", "cat"), ("t1", "dog"), ("t2", "cat")])
+    # the flops stage's output, so packaging need not count FLOPs (test_package_manifest_and_command removes it)
+    (run / "flops.json").write_text(json.dumps({"competition_gflops": 0.0092865, "true_gflops": 1.5559, "pipeline_gflops": 3.1118}))
     return run
 
 
@@ -217,6 +219,7 @@ def package_cli(run, out, *args, env=None):
 
 
 def test_package_manifest_and_command(run_dir, tmp_path):
+    (run_dir / "flops.json").unlink()  # packaging counts them itself: the members' FLOPs
     out = tmp_path / "subs"
     r = package_cli(run_dir, out, "--message", "first try")
     assert r.returncode == 0, r.stderr

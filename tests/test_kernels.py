@@ -137,7 +137,7 @@ def test_notebooks_chain_on_a_kaggle_like_tree(tmp_path, monkeypatch, dep_wheels
             "teacher.model.name": "test_efficientnet", "student.model.name": "test_nfnet",
             "teacher.train.epochs": 1, "teacher.train.batch_size": 8, "student.train.epochs": 1, "student.train.batch_size": 8,
             "hrank.train.epochs": 1, "hrank.train.batch_size": 8, "hrank.layer": "stages.2.-1.conv3", "hrank.rank_batches": 1,
-            "hrank.mode": "prune", "hrank.prune_stages": "2"}
+            "hrank.mode": "prune", "hrank.prune_stages": "2", "infer.tta": "orig"}
     texts = {}
     for stage in STAGE_ORDER:
         work.mkdir(parents=True, exist_ok=True)

@@ -141,7 +141,7 @@ def run_train(*args):
 
 TINY = ["--set", "data.image_size=32", "--set", "data.resize_size=40", "--set", "data.folds=2", "--set", "data.num_workers=0",
         "--set", "teacher.model.name=efficientnet-b0", "--set", "teacher.train.epochs=1", "--set", "teacher.train.batch_size=8",
-        "--set", "student.train.epochs=2", "--set", "student.train.batch_size=7", *NO_WEIGHTS]
+        "--set", "student.train.epochs=2", "--set", "student.train.batch_size=7", "--set", "infer.tta=orig", *NO_WEIGHTS]
 
 
 @pytest.mark.slow

@@ -15,7 +15,7 @@ from sonokit.engine import load_best
 
 ROOT = Path(__file__).resolve().parents[1]
 TRAIN = ROOT / "scripts" / "train_local.py"
-TINY = ["--set", "data.image_size=32", "--set", "data.resize_size=40", "--set", "data.folds=2", "--set", "data.num_workers=0", *NO_WEIGHTS]
+TINY = ["--set", "data.image_size=32", "--set", "data.resize_size=40", "--set", "data.folds=2", "--set", "data.num_workers=0", "--set", "infer.tta=orig", *NO_WEIGHTS]
 
 
 def train(*args, env=None):

@@ -62,11 +62,12 @@ BASE = ("torch", "torchvision", "timm", "albumentations", "einops", "scikit-lear
         "matplotlib", "PyYAML", "tqdm", "pillow")
 
 
-def stage_needs(stages, model_names=(), hrank_mode: str = "reinit", pruned_members: bool = False) -> list[str]:
+def stage_needs(stages, model_names=(), hrank_mode: str = "reinit") -> list[str]:
     """The distributions ``stages`` import, given the models they build and the HRank mode.
 
-    thop only where FLOPs are counted (the flops stage, pruning's before/after costs);
-    torch-pruning only to prune; efficientnet_pytorch only for ``efficientnet-b*`` models.
+    thop only where FLOPs are counted (the flops and report stages, pruning's before/after costs);
+    torch-pruning only to prune (a pruned checkpoint is rebuilt from plain shapes without it);
+    efficientnet_pytorch only for ``efficientnet-b*`` models.
     """
     stages = set(stages)
     needs = list(BASE) if stages - {"package"} else []
@@ -76,8 +77,19 @@ def stage_needs(stages, model_names=(), hrank_mode: str = "reinit", pruned_membe
         needs.append("thop")
     if "hrank" in stages and hrank_mode == "prune":
         needs.append("torch-pruning")
-    del pruned_members  # a pruned checkpoint is rebuilt from plain shapes: no torch-pruning needed
     return needs
+
+
+def requirements(cfg, stages) -> list[str]:
+    """The distributions a run of ``stages`` with config ``cfg`` imports (:func:`stage_needs` for its models)."""
+    stages = set(stages)
+    names = []
+    kd = cfg.student.kd.enabled and stages & {"student", "hrank"}
+    if "teacher" in stages or kd or ("infer" in stages and cfg.infer.stage == "teacher"):
+        names.append(cfg.teacher.model.name)
+    if stages & {"student", "hrank"} or ("infer" in stages and cfg.infer.stage != "teacher"):
+        names.append(cfg.student.model.name)
+    return stage_needs(stages, names, cfg.hrank.mode)
 
 
 def _version_tuple(text: str) -> tuple:

@@ -122,7 +122,7 @@ _sonokit_setup()'''
 def stage_needs_default(stage: str) -> list[str]:
     """What the kernel's stages import with the default config and the kernel's default overrides."""
     from .config import load_config
-    from .stages import requirements
+    from .deps import requirements
 
     cfg = load_config(overrides=[f"{k}={v}" for k, v in DEFAULT_OVERRIDES[stage].items()])
     return requirements(cfg, KERNEL_STAGES[stage][0])

@@ -60,7 +60,7 @@ def run_kernel(stage: str, run_name: str, competition: str, owner: str, assets_d
     """
     from . import stages as st
     from .cli import setup_logging
-    from .deps import kernel_setup
+    from .deps import kernel_setup, requirements
 
     setup_logging()
     if stage not in KERNEL_STAGES:
@@ -70,7 +70,7 @@ def run_kernel(stage: str, run_name: str, competition: str, owner: str, assets_d
     base = [f"data.root={data}", f"run.out_dir={working_dir()}", f"run.name={run_name}", f"run.competition={competition}",
             f"run.assets={assets_dataset}"]
     cfg = load_config(overrides=base + [f"{k}={v}" for k, v in overrides.items()])
-    kernel_setup(st.requirements(cfg, run_stages), assets_dataset)
+    kernel_setup(requirements(cfg, run_stages), assets_dataset)
     run_dir = working_dir() / run_name
     run_dir.mkdir(parents=True, exist_ok=True)
     links = link_upstream(run_dir, run_name, owner, upstream, {})

@@ -415,8 +415,9 @@ def run_trial(study, trial, grid: Grid, sweep_dir: Path, data: str, config_files
         trial.set_user_attr("label", label)
         trial.set_user_attr("overrides", overrides)
         run_name = f"t{trial.number:04d}"
+        # the command line's --set wins over the grid file (as in train_local.py), e.g. fewer epochs for a quick look
         cfg = load_config(config_files, [f"data.root={data}", f"run.out_dir={sweep_dir / 'runs'}", f"run.name={run_name}",
-                                         *extra, *overrides_list(overrides)])
+                                         *overrides_list(overrides), *extra])
         mcfg = cfg.student.model if "student" in grid.stages or "hrank" in grid.stages else cfg.teacher.model
         size = cfg.data.image_size
         probe = create_model(mcfg.name, 8, mcfg.in_chans)

@@ -32,20 +32,6 @@ def runner(stage: str):
     return getattr(importlib.import_module(mod, __name__), fn)
 
 
-def requirements(cfg, stages) -> list[str]:
-    """The distributions a run of ``stages`` with ``cfg`` imports (:func:`sonokit.deps.stage_needs`)."""
-    from ..deps import stage_needs
-
-    stages = set(stages)
-    names = []
-    kd = cfg.student.kd.enabled and stages & {"student", "hrank"}
-    if "teacher" in stages or kd or ("infer" in stages and cfg.infer.stage == "teacher"):
-        names.append(cfg.teacher.model.name)
-    if stages & {"student", "hrank"} or ("infer" in stages and cfg.infer.stage in ("student", "hrank")):
-        names.append(cfg.student.model.name)
-    return stage_needs(stages, names, cfg.hrank.mode)
-
-
 def __getattr__(name: str):
     if name in _BY_FUNCTION:
         mod, fn = _BY_FUNCTION[name]
@@ -53,4 +39,4 @@ def __getattr__(name: str):
     raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
 
 
-__all__ = ["Context", "STAGES", "make_context", "requirements", "runner", *_BY_FUNCTION]
+__all__ = ["Context", "STAGES", "make_context", "runner", *_BY_FUNCTION]

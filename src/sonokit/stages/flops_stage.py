@@ -6,6 +6,7 @@ architecture share one measurement.
 from __future__ import annotations
 
 import json
+from dataclasses import replace
 from pathlib import Path
 
 from ..constants import COMPETITION_GFLOPS_TARGET
@@ -20,29 +21,31 @@ def _arch_key(meta: dict) -> str:
                        meta.get("shape_spec")], sort_keys=True, default=str)
 
 
-def member_cost(path: Path, cache: dict | None = None) -> dict:
-    """One checkpoint's cost at its own input size: competition thop GFLOPs, true GFLOPs, params."""
+def _member_report(path: Path, cache: dict):
+    """(meta, CostReport at the checkpoint's own input size); one measurement per architecture."""
     from ..engine import load_best
 
-    cache = {} if cache is None else cache
     meta = load_best(path)["meta"]
     key = _arch_key(meta)
     if key not in cache:
         model, meta = load_checkpoint_model(path)
-        rep = cost_report(model, int(meta.get("image_size", 256)), int(meta.get("in_chans", 1)))
-        cache[key] = {"model": meta.get("model"), "image_size": rep.size, "in_chans": rep.in_chans,
-                      "competition_gflops": rep.competition_gflops, "true_gflops": rep.true_gflops,
-                      "thop_full_gflops": rep.thop_full_gflops, "params": rep.params, "thop_params": rep.thop_params}
-    return dict(cache[key])
+        cache[key] = cost_report(model, int(meta.get("image_size", 256)), int(meta.get("in_chans", 1)))
+    return meta, cache[key]
+
+
+def member_cost(path: Path, cache: dict | None = None) -> dict:
+    """One checkpoint's cost at its own input size: competition thop GFLOPs, true GFLOPs, params."""
+    meta, rep = _member_report(path, {} if cache is None else cache)
+    return {"model": meta.get("model"), "image_size": rep.size, "in_chans": rep.in_chans, "competition_gflops": rep.competition_gflops,
+            "true_gflops": rep.true_gflops, "thop_full_gflops": rep.thop_full_gflops, "params": rep.params, "thop_params": rep.thop_params}
 
 
 def flops_for_members(members: list[Path], tta_views: int, target: float = COMPETITION_GFLOPS_TARGET) -> dict:
     """The first member's full report (what the competition checks: one model), every member's cost,
     and the submission's cost: the sum over members x views."""
-    model, meta = load_checkpoint_model(members[0])
-    size, in_chans = int(meta.get("image_size", 256)), int(meta.get("in_chans", 1))
-    report = cost_report(model, size, in_chans, n_models=len(members), tta_views=tta_views)
     cache: dict = {}
+    meta, first = _member_report(members[0], cache)
+    report = replace(first, n_models=len(members), tta_views=tta_views)
     costs = [{"checkpoint": str(m), **member_cost(m, cache)} for m in members]
     pipeline = sum(c["true_gflops"] for c in costs) * tta_views
     lines = report.lines(target)

@@ -111,7 +111,6 @@ def run_report(ctx: Context) -> dict:
             r.cost = {**r.cost, "true_gflops": r.cost["true_gflops"] * n_views,
                       "competition_gflops": r.cost["competition_gflops"] * n_views}
             r.note = f"cost: {n_views} views"
-    out_dir = run_dir
     pictures = []
     plot_cost_vs_acc(rows, run_dir / "report_cost_vs_acc.png")
     pictures.append(("GFLOPs against out-of-fold accuracy", run_dir / "report_cost_vs_acc.png"))
@@ -138,7 +137,7 @@ def run_report(ctx: Context) -> dict:
         "cost_lines": cost_lines(run_dir, views, cache),
         "test_lines": test_lines(run_dir),
     }
-    md, page = render(report, rows, pictures, out_dir)
+    md, page = render(report, rows, pictures, run_dir)
     atomic_write_text(run_dir / "report.json", dumps({**report, "rows": rows_to_json(rows)}) + "\n")
     table = text_table(rows)
     return {"table": table, "markdown": str(md), "html": str(page), "rows": rows_to_json(rows), **report}
