@@ -7,7 +7,8 @@
 See src/sonokit/sweep.py for the grid/search file. The study lives in one storage: by default the
 journal file runs/<name>/study.log (any number of processes on this machine or a shared
 filesystem), or --storage URL (a database) for many machines. --gpus N starts N workers here, one
-per GPU; the same command on another machine joins the same study: every grid point runs once,
+per GPU (and its share of the CPU cores); the same command on another machine joins the same
+study: every grid point runs once,
 with no manual sharding. A failed trial is recorded with its error; a trial whose worker died is
 queued again; re-running continues the study. Outputs in runs/<name>/: results.csv, results.md,
 gflops_vs_loss.png and gflops_vs_acc.png with the Pareto front. optuna-dashboard reads the same
@@ -64,6 +65,8 @@ def main(argv=None) -> int:
             procs = []
             for g in range(gpus):
                 env = {**os.environ, "CUDA_VISIBLE_DEVICES": str(g)}
+                # N processes on one machine: each its share of the cores (torch's threads would otherwise fight)
+                env.setdefault("OMP_NUM_THREADS", str(max(1, (os.cpu_count() or 1) // gpus)))
                 args = [*(argv if argv is not None else sys.argv[1:]), "--worker", "--storage", storage, "--name", name]
                 procs.append(subprocess.Popen([sys.executable, __file__, *args], env=env))
             codes = [p.wait() for p in procs]
