@@ -10,6 +10,7 @@ import pandas as pd
 import torch
 
 from .. import distributed as dist_utils
+from ..ablation import log_softmax, metrics
 from ..config import Config, TrainConfig, save_config
 from ..constants import CONFIG_FILENAME, FOLDS_FILENAME
 from ..data import ImageDataset, PreparedData, create_loader, prepare_data, write_folds
@@ -193,14 +194,8 @@ def write_oof(stage_dir: Path, prep: PreparedData, oof_logits: np.ndarray, done:
 def cv_summary(stage_dir: Path, prep: PreparedData, fold_rows: list[dict], oof_logits: np.ndarray, done: np.ndarray, **extra) -> dict:
     """Per-fold and overall (out-of-fold) loss and accuracy, written to cv.json."""
     y = prep.index.train_targets[done]
-    logits = oof_logits[done]
-    logp = logits - logits.max(1, keepdims=True)
-    logp = logp - np.log(np.exp(logp).sum(1, keepdims=True))
-    overall = {
-        "loss": float(-logp[np.arange(len(y)), y].mean()) if len(y) else float("nan"),
-        "acc": float((logits.argmax(1) == y).mean()) if len(y) else float("nan"),
-        "n_images": int(len(y)),
-    }
+    loss, acc = metrics(log_softmax(oof_logits[done]), y)
+    overall = {"loss": loss, "acc": acc, "n_images": int(len(y))}
     summary = {"folds": fold_rows, "overall": overall, "classes": prep.classes, **extra}
     atomic_write_json(stage_dir / "cv.json", summary)
     return summary
@@ -270,19 +265,17 @@ class FoldResults:
         from ..report import save_confusion
 
         write_oof(self.stage_dir, self.ctx.prep, self.oof, self.done)
-        summary = cv_summary(self.stage_dir, self.ctx.prep, self.rows, self.oof, self.done, **extra)
         y = self.ctx.prep.index.train_targets[self.done]
-        save_confusion(y, self.oof[self.done].argmax(1), self.ctx.prep.classes, self.stage_dir, title=f"{self.stage} out-of-fold")
         if self.tta:
             with atomic_path(self.stage_dir / "oof_tta.npz") as tmp:
                 with open(tmp, "wb") as f:
                     np.savez(f, **self.tta)
-            summary["tta"] = {}
+            extra["tta"] = {}
             for v, logits in self.tta.items():
-                logp = logits[self.done] - logits[self.done].max(1, keepdims=True)
-                logp = logp - np.log(np.exp(logp).sum(1, keepdims=True))
-                summary["tta"][v] = {"loss": float(-logp[np.arange(len(y)), y].mean()), "acc": float((logp.argmax(1) == y).mean())}
-            atomic_write_json(self.stage_dir / "cv.json", summary)
+                loss, acc = metrics(log_softmax(logits[self.done]), y)
+                extra["tta"][v] = {"loss": loss, "acc": acc}
+        summary = cv_summary(self.stage_dir, self.ctx.prep, self.rows, self.oof, self.done, **extra)
+        save_confusion(y, self.oof[self.done].argmax(1), self.ctx.prep.classes, self.stage_dir, title=f"{self.stage} out-of-fold")
         _logger.info(f"{self.stage} CV: loss {summary['overall']['loss']:.4f}, acc {summary['overall']['acc']:.4f}")
         return summary
 
